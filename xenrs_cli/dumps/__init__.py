@@ -1,0 +1,91 @@
+"""Dump formats: each turns a mapped file into segments of an :class:`AddressSpace`.
+
+``FORMATS`` lists the readable formats in the order they are sniffed; ``raw`` is last because
+any bytes are a raw image. ``unrecognised`` names inputs that are recognisably something else
+(a migration stream, a compressed file) so that the error says what to do instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from xenrs_cli.address_space import AddressSpace
+from xenrs_cli.errors import UsageError
+from xenrs_cli.files import MappedFile, open_readonly
+
+# name -> module path; each module has sniff(buf) -> bool and load(mapped, base) -> Dump.
+FORMATS: dict[str, str] = {
+    "raw": "xenrs_cli.dumps.raw",
+}
+SNIFF_ORDER: tuple[str, ...] = ()  # formats with a signature, tried before falling back to raw
+
+
+@dataclass
+class Dump:
+    """An opened dump: its address space and what ``info`` says about it."""
+
+    name: str
+    format: str
+    space: AddressSpace
+    file: MappedFile
+    variant: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def page_size(self) -> int:
+        return self.space.page_size
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> "Dump":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_BASE_RE = re.compile(r"^(?P<path>.+)@(?P<base>(0[xX][0-9a-fA-F_]+|[0-9_]+))$")
+
+
+def split_base(spec: str) -> tuple[str, int | None]:
+    """``vm.raw@0x80000000`` → (``vm.raw``, 0x80000000), crash's syntax for a raw image's base.
+
+    A path that exists as written (even with an ``@`` in it) is taken literally.
+    """
+    m = _BASE_RE.match(spec)
+    if m is None or os.path.exists(spec):
+        return spec, None
+    return m.group("path"), int(m.group("base").replace("_", ""), 0)
+
+
+def detect(buf) -> str:
+    """The format of a mapped dump, from its content."""
+    from xenrs_cli.dumps import unrecognised
+
+    for name in SNIFF_ORDER:
+        if importlib.import_module(FORMATS[name]).sniff(buf):
+            return name
+    unrecognised.refuse(buf)  # raises for inputs that are recognisably something else
+    return "raw"
+
+
+def open_dump(spec: str, fmt: str = "auto") -> Dump:
+    """Open ``spec`` (``path``, ``path@0xBASE`` or ``-``) read-only as a dump."""
+    path, base = split_base(spec)
+    if fmt not in ("auto", *FORMATS):
+        raise UsageError(f"unknown dump format {fmt!r} (choose from auto, {', '.join(FORMATS)})")
+    mapped = open_readonly(path)
+    try:
+        name = fmt if fmt != "auto" else detect(mapped.buf)
+        if base is not None and name != "raw":
+            raise UsageError(f"{path}: @0x{base:x} sets the base of a raw image, "
+                             f"but this is a {name} dump whose GPAs are in the file")
+        return importlib.import_module(FORMATS[name]).load(mapped, base or 0)
+    except BaseException:
+        mapped.close()
+        raise

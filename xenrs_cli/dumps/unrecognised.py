@@ -1,0 +1,40 @@
+"""Inputs that are recognisably not a memory dump xenrs reads, and what to run instead.
+
+Checked before falling back to ``raw`` so that a migration stream or a compressed file gets a
+clear error instead of garbage decodes. Signatures: QEMU ``migration/savevm.c``
+(``QEMU_VM_FILE_MAGIC`` "QEVM"), libvirt ``qemu_saveimage.h`` ("LibvirtQemudSave"/"Part"),
+Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), and common compressors.
+"""
+
+from __future__ import annotations
+
+from xenrs_cli.errors import UnsupportedDumpError
+
+_MEMORY_ONLY = ("take a memory-only dump instead: virsh dump --memory-only --format elf DOMAIN "
+                "FILE, or QMP dump-guest-memory")
+
+SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
+    (b"QEVM", "a QEMU migration stream (savevm / migrate to file)", _MEMORY_ONLY),
+    (b"LibvirtQemudSave", "a libvirt saved-domain image (virsh save)", _MEMORY_ONLY),
+    (b"LibvirtQemudPart", "a partial libvirt saved-domain image", _MEMORY_ONLY),
+    (b"PAGEDU64", "a Windows crash dump (QEMU win-dmp)",
+     "dump with QMP dump-guest-memory without a format (ELF) instead"),
+    (b"PAGEDUMP", "a 32-bit Windows crash dump (QEMU win-dmp)",
+     "dump with QMP dump-guest-memory without a format (ELF) instead"),
+    (b"\x1f\x8b", "gzip-compressed", "decompress it first: gzip -dk FILE"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first: xz -dk FILE"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first: zstd -d FILE"),
+    (b"BZh", "bzip2-compressed", "decompress it first: bzip2 -dk FILE"),
+    (b"\x04\x22\x4d\x18", "lz4-compressed", "decompress it first: lz4 -d FILE"),
+)
+
+
+def refuse(buf) -> None:
+    """Raise :class:`UnsupportedDumpError` if ``buf`` is one of the known foreign formats."""
+    head = bytes(buf[:16])
+    for magic, what, todo in SIGNATURES:
+        if head.startswith(magic):
+            if magic == b"BZh" and not (len(head) > 3 and head[3:4].isdigit()):
+                continue
+            raise UnsupportedDumpError(f"this is {what}, not a memory dump: {todo} "
+                                       "(or force --dump-format raw)")
