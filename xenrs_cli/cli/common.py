@@ -1,0 +1,156 @@
+"""Option types, decorators and output helpers shared by the commands.
+
+Kept free of rich: JSON lines and CSV go straight to stdout, so ``xenrs decode --format json``
+never pays for rich's import.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import click
+
+from xenrs_cli.cli import state
+from xenrs_cli.numbers import parse_gpa, parse_number
+
+
+class GpaType(click.ParamType):
+    """A guest-physical address: hex or decimal, ``_`` allowed, below 2^52 (``-``: stdin)."""
+
+    name = "GPA"
+
+    def __init__(self, allow_stdin: bool = False) -> None:
+        self.allow_stdin = allow_stdin
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or (self.allow_stdin and value == "-"):
+            return value
+        try:
+            return parse_gpa(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a guest-physical address (0x hex or decimal, "
+                      "'_' allowed, below 2^52)", param, ctx)
+
+
+class NumberType(click.ParamType):
+    """A non-negative integer: hex or decimal, ``_`` allowed."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_number(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a non-negative number (0x hex or decimal, '_' allowed)",
+                      param, ctx)
+
+
+GPA = GpaType()
+GPA_OR_STDIN = GpaType(allow_stdin=True)
+NUMBER = NumberType()
+
+
+def _set_quiet(ctx, param, value):
+    state.set_quiet(value)
+
+
+def _set_traceback(ctx, param, value):
+    state.set_traceback(value)
+
+
+def common_options(f: Callable) -> Callable:
+    """``-q`` and ``--traceback`` on every command."""
+    f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                     is_eager=True, help="Silence warnings on stderr.")(f)
+    f = click.option("--traceback", is_flag=True, expose_value=False, callback=_set_traceback,
+                     is_eager=True, hidden=False,
+                     help="Show the Python traceback of an error (also XENRS_TRACEBACK=1).")(f)
+    return f
+
+
+def format_option(choices: tuple[str, ...] = ("table", "json", "csv")) -> Callable:
+    """``--format``; the default is ``table`` on a terminal and ``json`` otherwise (SPEC §1)."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(choices), default=None,
+        help="Output format (default: table on a terminal, json otherwise). "
+             "json is JSON Lines: one object per line.")
+
+
+def resolve_format(fmt: str | None) -> str:
+    if fmt is not None:
+        return fmt
+    return "table" if sys.stdout.isatty() else "json"
+
+
+def dump_format_option(f: Callable) -> Callable:
+    from xenrs_cli.dumps import FORMATS
+
+    return click.option("--dump-format", type=click.Choice(["auto", *FORMATS]), default="auto",
+                        show_default=True,
+                        help="Format of the dump (default: detected from its content).")(f)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, unless ``-q``."""
+    if not state.quiet():
+        click.echo(f"xenrs: warning: {' '.join(message.split())}", err=True)
+
+
+def emit_json(obj: dict[str, Any]) -> None:
+    """One JSON Lines record, flushed so that ``| jq`` and ``xargs -P`` stream."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class CsvEmitter:
+    """CSV rows with a header taken from the first record's keys; nested values as JSON."""
+
+    def __init__(self) -> None:
+        self._writer = csv.writer(sys.stdout, lineterminator="\n")
+        self._header: list[str] | None = None
+
+    def emit(self, flat: dict[str, Any]) -> None:
+        if self._header is None:
+            self._header = list(flat)
+            self._writer.writerow(self._header)
+        row = []
+        for key in self._header:
+            v = flat.get(key)
+            if v is None:
+                row.append("")
+            elif isinstance(v, bool):
+                row.append("true" if v else "false")
+            elif isinstance(v, (dict, list)):
+                row.append(json.dumps(v, separators=(",", ":")))
+            else:
+                row.append(v)
+        self._writer.writerow(row)
+        sys.stdout.flush()
+
+
+def read_stdin_gpas(stream: Iterable[str]) -> Iterator[int]:
+    """GPAs from standard input: one per line, or JSON Lines with a ``gpa`` field (so that
+    ``xenrs scan … | xenrs decode DUMP --gpa -`` works); blank lines and ``#`` comments skipped."""
+    from xenrs_cli.errors import UsageError
+
+    for lineno, line in enumerate(stream, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("{"):
+            try:
+                text = str(json.loads(text)["gpa"])
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(f"--gpa -: line {lineno} of stdin is JSON without a \"gpa\" "
+                                 "field") from None
+        try:
+            yield parse_gpa(text)
+        except ValueError:
+            raise UsageError(f"--gpa -: line {lineno} of stdin, {text!r}, is not a "
+                             "guest-physical address (0x hex or decimal, below 2^52)") from None
