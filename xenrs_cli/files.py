@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -85,6 +83,9 @@ def _open_stdin() -> MappedFile:
 
 def _spool(name: str, src: BinaryIO) -> MappedFile:
     """Copy a pipe to an unlinked temporary file, then map that."""
+    import shutil
+    import tempfile
+
     if src.isatty() if hasattr(src, "isatty") else False:
         raise DumpFileError(name, "is a terminal: pipe a dump into it or give a path")
     tmp = tempfile.TemporaryFile()  # noqa: SIM115 - owned by MappedFile
@@ -100,6 +101,9 @@ def _spool(name: str, src: BinaryIO) -> MappedFile:
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w") -> Iterator:
     """Write ``path`` through a temporary file in its directory; rename only on success."""
+    import shutil
+    import tempfile
+
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".xenrs-", dir=directory)
     try:

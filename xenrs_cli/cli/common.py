@@ -6,7 +6,6 @@ never pays for rich's import.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -112,6 +111,8 @@ class CsvEmitter:
     """CSV rows with a header taken from the first record's keys; nested values as JSON."""
 
     def __init__(self) -> None:
+        import csv
+
         self._writer = csv.writer(sys.stdout, lineterminator="\n")
         self._header: list[str] | None = None
 
