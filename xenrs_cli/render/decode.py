@@ -130,13 +130,13 @@ def hex_view(d: Decoded) -> Text:
 def render_decoded(d: Decoded, obj: dict, show_hex: bool) -> None:
     con = stdout()
     head = Text()
-    head.append(f"{obj['dump']}  GPA {obj['gpa']}", style="bold")
-    head.append(f"  {d.layout.name}-bit" if d.layout.name == "64" else "  compat (32-bit)")
+    head.append(f"GPA {obj['gpa']}", style="bold")
+    head.append(f"  {'64-bit' if d.layout.name == '64' else 'compat (32-bit)'}")
     head.append(" (inferred)" if d.layout_inferred else "", style="dim")
-    head.append(f"  {d.layout.size} bytes")
+    head.append(f", {d.layout.size} bytes")
     if d.split_at is not None:
-        head.append(f"  crosses a page at +{d.split_at}", style="yellow")
-    head.append(f"  flag byte at {obj['flag_byte_gpa']}")
+        head.append(f", crosses a page at +{d.split_at}", style="yellow")
+    head.append(f"\n{obj['dump']} · flag byte at {obj['flag_byte_gpa']}", style="dim")
     con.print(head)
     con.print(field_table(d, obj))
     con.print(summary(obj))
