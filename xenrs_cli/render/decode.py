@@ -119,10 +119,11 @@ def hex_view(d: Decoded) -> Text:
     for f in d.layout.fields:
         legend.append(f.name, style=FIELD_STYLES[f.name])
         legend.append("  ")
-    legend.append("reverse", style="reverse")
-    legend.append(" = flag byte (bit 63)")
+    legend.append("\n  ")
+    legend.append("reversed", style="reverse")
+    legend.append(": the flag byte (bit 63)")
     if split is not None:
-        legend.append("  │ = 4 KiB page boundary", style="bold red")
+        legend.append("   │: 4 KiB page boundary", style="bold red")
     out.append(legend)
     return out
 

@@ -1,0 +1,63 @@
+"""The README cannot drift: its commands run, its JSON examples are what xenrs prints."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shlex
+
+from click.testing import CliRunner
+
+from xenrs_cli.cli import COMMANDS, xenrs
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def run_in_root(monkeypatch, argv: list[str]):
+    monkeypatch.chdir(ROOT)
+    return CliRunner().invoke(xenrs, argv)
+
+
+def test_every_command_has_a_reference_section():
+    for name in COMMANDS:
+        assert re.search(rf"^##+ .*`xenrs {name}`", README, re.M), f"no README section for {name}"
+
+
+def test_quick_start_decode_runs(monkeypatch):
+    line = next(l for l in README.splitlines() if "pip install . && xenrs decode" in l)
+    argv = shlex.split(line.split("&& xenrs ", 1)[1])
+    r = run_in_root(monkeypatch, [*argv, "--format", "json"])
+    assert r.exit_code == 0, r.stderr
+    recs = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [(x["layout"], x["crosses_page"]) for x in recs] == [("64", True), ("compat", False)]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pip install -e '.[test]' && python -m pytest" in README
+    assert "pip install -q -e '.[test]'" in ci and "python -m pytest" in ci
+
+
+def test_decode_record_example_is_real_output(monkeypatch):
+    block = README.split("### The decode record (JSON)", 1)[1].split("```json\n", 1)[1]
+    expected = json.loads(block.split("```", 1)[0])
+    r = run_in_root(monkeypatch, ["decode", expected["dump"], "--gpa", expected["gpa"],
+                                  "--format", "json"])
+    assert json.loads(r.stdout) == expected
+
+
+def test_console_examples_are_real_output(monkeypatch):
+    """Every ``$ xenrs ...`` example on examples/ in a console block prints what it shows."""
+    checked = 0
+    for block in re.findall(r"```\n(\$ xenrs .*?)```", README, re.S):
+        cmd, _, shown = block.partition("\n")
+        argv = shlex.split(cmd[2:])[1:]
+        if not any(a.startswith("examples/") for a in argv):
+            continue
+        r = run_in_root(monkeypatch, argv)
+        got = "\n".join(l.rstrip() for l in r.stdout.rstrip("\n").splitlines())
+        assert got == shown.rstrip("\n"), cmd
+        checked += 1
+    assert checked >= 2
