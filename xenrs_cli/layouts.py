@@ -77,15 +77,20 @@ def _fields(struct: Struct) -> tuple[Field, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """A runstate layout with every size and offset derived from its construct declaration."""
+    """A runstate layout with every size and offset derived from its construct declaration.
+
+    Build one with :func:`make_layout`; the derived numbers are plain attributes because the
+    simulator, race checker and scanner read them in hot loops.
+    """
 
     name: str
     struct: Struct
     fields: tuple[Field, ...]
-
-    @property
-    def size(self) -> int:
-        return self.struct.sizeof()
+    size: int
+    entry_offset: int   # ``times_ofs`` in kvm_xen_update_runstate_guest()
+    flag_offset: int    # the byte holding bit 63: last byte of state_entry_time (little-endian)
+    times_offset: int   # time[0]
+    has_padding: bool
 
     def field(self, name: str) -> Field:
         for f in self.fields:
@@ -93,32 +98,21 @@ class Layout:
                 return f
         raise KeyError(name)
 
-    @property
-    def entry_offset(self) -> int:
-        """``times_ofs`` in ``kvm_xen_update_runstate_guest()``: where ``state_entry_time`` is."""
-        return self.field("state_entry_time").offset
-
-    @property
-    def flag_offset(self) -> int:
-        """The byte holding bit 63 of ``state_entry_time``: its last byte on little-endian x86."""
-        f = self.field("state_entry_time")
-        return f.offset + f.size - 1
-
-    @property
-    def times_offset(self) -> int:
-        return self.field("time[0]").offset
-
-    @property
-    def has_padding(self) -> bool:
-        return any(f.name == "padding" for f in self.fields)
-
     def fields_touching(self, start: int, end: int) -> list[str]:
         """Names of the fields that overlap struct bytes ``[start, end)``, in struct order."""
         return [f.name for f in self.fields if f.offset < end and start < f.end]
 
 
-LAYOUT_64 = Layout("64", RUNSTATE_64, _fields(RUNSTATE_64))
-LAYOUT_COMPAT = Layout("compat", RUNSTATE_COMPAT, _fields(RUNSTATE_COMPAT))
+def make_layout(name: str, struct: Struct) -> Layout:
+    fields = _fields(struct)
+    by_name = {f.name: f for f in fields}
+    entry = by_name["state_entry_time"]
+    return Layout(name, struct, fields, struct.sizeof(), entry.offset, entry.end - 1,
+                  by_name["time[0]"].offset, "padding" in by_name)
+
+
+LAYOUT_64 = make_layout("64", RUNSTATE_64)
+LAYOUT_COMPAT = make_layout("compat", RUNSTATE_COMPAT)
 LAYOUTS: dict[str, Layout] = {l.name: l for l in (LAYOUT_64, LAYOUT_COMPAT)}
 
 
