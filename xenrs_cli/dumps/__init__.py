@@ -20,8 +20,17 @@ from xenrs_cli.files import MappedFile, open_readonly
 # name -> module path; each module has sniff(buf) -> bool and load(mapped, base) -> Dump.
 FORMATS: dict[str, str] = {
     "raw": "xenrs_cli.dumps.raw",
+    "elf": "xenrs_cli.dumps.elf",
+    "kdump": "xenrs_cli.dumps.kdump",
 }
-SNIFF_ORDER: tuple[str, ...] = ()  # formats with a signature, tried before falling back to raw
+# formats with a signature, tried in this order before falling back to raw
+SNIFF_ORDER: tuple[str, ...] = ("elf", "kdump")
+# The leading bytes each of them starts with: detect() imports a reader (and pays for its
+# construct declarations) only when they match, so a raw image decodes at raw-image cost.
+MAGIC: dict[str, tuple[bytes, ...]] = {
+    "elf": (b"\x7fELF",),
+    "kdump": (b"KDUMP   ", b"makedumpfile\0"),
+}
 
 
 @dataclass
@@ -67,8 +76,9 @@ def detect(buf) -> str:
     """The format of a mapped dump, from its content."""
     from xenrs_cli.dumps import unrecognised
 
+    head = bytes(buf[:16])
     for name in SNIFF_ORDER:
-        if importlib.import_module(FORMATS[name]).sniff(buf):
+        if head.startswith(MAGIC[name]) and importlib.import_module(FORMATS[name]).sniff(buf):
             return name
     unrecognised.refuse(buf)  # raises for inputs that are recognisably something else
     return "raw"

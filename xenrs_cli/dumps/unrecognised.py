@@ -3,7 +3,9 @@
 Checked before falling back to ``raw`` so that a migration stream or a compressed file gets a
 clear error instead of garbage decodes. Signatures: QEMU ``migration/savevm.c``
 (``QEMU_VM_FILE_MAGIC`` "QEVM"), libvirt ``qemu_saveimage.h`` ("LibvirtQemudSave"/"Part"),
-Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), and common compressors.
+Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), the pre-kdump ``DISKDUMP``
+format, and common compressors. Xen ``xl dump-core`` is an ELF file: the ELF sniffer recognises
+it by its section names and calls :func:`refuse_xen_dump_core`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
      "dump with QMP dump-guest-memory without a format (ELF) instead"),
     (b"PAGEDUMP", "a 32-bit Windows crash dump (QEMU win-dmp)",
      "dump with QMP dump-guest-memory without a format (ELF) instead"),
+    (b"DISKDUMP", "an old-style diskdump file (Red Hat diskdump/netdump)",
+     "open it with crash, or take a kdump/ELF dump (makedumpfile, virsh dump --memory-only)"),
     (b"\x1f\x8b", "gzip-compressed", "decompress it first: gzip -dk FILE"),
     (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first: xz -dk FILE"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first: zstd -d FILE"),
@@ -38,3 +42,13 @@ def refuse(buf) -> None:
                 continue
             raise UnsupportedDumpError(f"this is {what}, not a memory dump: {todo} "
                                        "(or force --dump-format raw)")
+
+
+def refuse_xen_dump_core() -> None:
+    """Xen ``xl dump-core`` (tools/libs/guest/xg_core.c): an ELF core whose pages are indexed
+    by the ``.xen_p2m``/``.xen_pfn`` sections, not by ``PT_LOAD`` GPAs."""
+    raise UnsupportedDumpError(
+        "this is a Xen xl dump-core file (ELF with .xen_pages/.xen_p2m sections), which xenrs "
+        "does not read: dump the guest with QEMU/libvirt instead (virsh dump --memory-only "
+        "--format elf DOMAIN FILE, or QMP dump-guest-memory); crash reads xl dump-core "
+        "files (its xendump support)")

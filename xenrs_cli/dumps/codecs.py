@@ -1,0 +1,75 @@
+"""Page decompression for kdump files: zlib from the standard library, the rest from the extra.
+
+makedumpfile ``diskdump_mod.h`` names the codecs by ``page_desc.flags`` bit
+(``DUMP_DH_COMPRESSED_*``: zlib 0x1, lzo 0x2, snappy 0x4, zstd 0x20); a page with none of them
+is stored as-is. The libraries are imported on first use only, so ``xenrs decode`` on a raw or
+ELF dump never loads them, and a missing one is a :class:`MissingCodecError` (exit 3) naming the
+install command. Each decompressor gets the compressed bytes and the page size and returns the
+page (any other length is a corrupt page), as makedumpfile checks ``retlen != page_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+from xenrs_cli.errors import MissingCodecError
+
+ZLIB, LZO, SNAPPY, ZSTD = 0x1, 0x2, 0x4, 0x20
+NAMES = {ZLIB: "zlib", LZO: "lzo", SNAPPY: "snappy", ZSTD: "zstd"}
+COMPRESSED = ZLIB | LZO | SNAPPY | ZSTD
+INSTALL = "pip install 'xenrs[kdump]'"
+
+Decompressor = Callable[[bytes, int], bytes]
+
+
+def names(flags: int) -> list[str]:
+    """Codec names of the compression bits in ``flags`` (a header ``status`` or page flags)."""
+    return [name for bit, name in NAMES.items() if flags & bit]
+
+
+def codec_of(flags: int) -> int:
+    """The one codec bit of a page's flags (0: stored as-is), in makedumpfile's test order."""
+    for bit in (ZLIB, LZO, SNAPPY, ZSTD):
+        if flags & bit:
+            return bit
+    return 0
+
+
+@cache
+def decompressor(codec: int) -> Decompressor:
+    """The decompressor of one codec bit; raises :class:`MissingCodecError` if not installed."""
+    if codec == ZLIB:
+        import zlib
+
+        return lambda data, size: zlib.decompress(data, bufsize=size)
+    if codec == LZO:
+        try:
+            import lzallright
+        except ImportError:
+            raise MissingCodecError("lzo", INSTALL) from None
+        # Raw lzo1x_1 output without a header (QEMU/makedumpfile lzo1x_1_compress).
+        lzo = lzallright.LZOCompressor()
+        return lambda data, size: lzo.decompress(data, output_size_hint=size)
+    if codec in (SNAPPY, ZSTD):
+        try:
+            import cramjam
+        except ImportError:
+            raise MissingCodecError(NAMES[codec], INSTALL) from None
+        if codec == SNAPPY:  # a raw snappy block (snappy_compress), not the framing format
+            return lambda data, size: bytes(cramjam.snappy.decompress_raw(data))
+        return lambda data, size: bytes(cramjam.zstd.decompress(data, output_len=size))
+    raise ValueError(f"no codec for flags 0x{codec:x}")
+
+
+def decompress(codec: int, data: bytes, size: int) -> bytes:
+    """The page, or ``ValueError`` when the data does not decompress to ``size`` bytes."""
+    try:
+        page = decompressor(codec)(data, size)
+    except MissingCodecError:
+        raise
+    except Exception as e:  # each library has its own error type; all mean a corrupt page
+        raise ValueError(f"{NAMES[codec]} decompression failed: {e}") from None
+    if len(page) != size:
+        raise ValueError(f"{NAMES[codec]} page decompresses to {len(page)} bytes, not {size}")
+    return page
