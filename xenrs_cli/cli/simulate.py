@@ -1,0 +1,193 @@
+"""``xenrs simulate``: the ordered guest-memory writes of one runstate update (SPEC §4).
+
+:func:`scenario_options` and :func:`scenario_from_options` are shared with ``xenrs race``:
+every option that describes the update is declared here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from xenrs_cli.cli.common import (GPA, NUMBER, CsvEmitter, common_options, dump_format_option,
+                                  emit_json, resolve_format, warn)
+from xenrs_cli.errors import UsageError
+from xenrs_cli.layouts import LAYOUTS
+from xenrs_cli.models import EVENTS, MODELS
+
+CSV_COLUMNS = ("seq", "op", "kind", "group", "gpa", "offset", "len", "page", "data", "field",
+               "why", "errno")
+
+
+def scenario_options(f: Callable) -> Callable:
+    """Every option of ``simulate`` that describes the update (reused verbatim by ``race``)."""
+    options = [
+        click.option("--model", type=click.Choice(list(MODELS)), default="kvm", show_default=True,
+                     help="kvm: Linux >= 6.2; kvm-6.1: before 5ec3289b31ab; xen: guest-virtual "
+                          "area; xen-phys: VCPUOP_register_runstate_phys_area."),
+        click.option("--layout", type=click.Choice(list(LAYOUTS)), default="64",
+                     show_default=True, help="64-bit (48 bytes) or compat (44 bytes)."),
+        click.option("--gpa", type=GPA, default=None,
+                     help="GPA of the area [default: 0xc0001020]."),
+        click.option("--split", is_flag=True,
+                     help="Place the area as the KVM selftest does: flag byte first in the next "
+                          "page (0xc0001ff1 for 64, 0xc0001ff5 for compat)."),
+        click.option("--update-flag/--no-update-flag", default=True, show_default=True,
+                     help="Use XEN_RUNSTATE_UPDATE (KVM attribute / Xen VMASST); kvm-6.1 and "
+                          "xen-phys always do."),
+        click.option("--event", type=click.Choice(list(EVENTS)), default="update",
+                     show_default=True, help="An update, or the registration of the area."),
+        click.option("--state", default=None, metavar="NAME|CODE",
+                     help="State written: running, runnable, blocked, offline or 0..3 "
+                          "[default: running]."),
+        click.option("--entry-time", type=NUMBER, default=None, metavar="NS",
+                     help="state_entry_time written [default: the sum of --time]."),
+        click.option("--time", "times", default=None, metavar="running=N,...",
+                     help="time[] written: running=N,runnable=N,blocked=N,offline=N (missing "
+                          "keys are 0) [default: 4 s, 0.2 s, 1 s, 0]."),
+        click.option("--allow-inconsistent", is_flag=True,
+                     help="Accept --entry-time != sum of time[] (KVM refuses it)."),
+        click.option("--from-dump", default=None, metavar="DUMP",
+                     help="Take the before-image from DUMP at the GPA."),
+        dump_format_option,
+        click.option("--transition", default=None, metavar="STATE",
+                     help="Derive the values as kvm_xen_update_runstate() accounts a change "
+                          "to STATE from the record before (needs --now)."),
+        click.option("--now", type=NUMBER, default=None, metavar="NS",
+                     help="kvmclock time of the --transition."),
+        click.option("--steal", type=NUMBER, default=None, metavar="NS",
+                     help="Steal time moved from running to runnable by the --transition."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _resolve_gpa(gpa: int | None, split: bool, layout: str) -> int:
+    from xenrs_cli.simulate import DEFAULT_GPA, split_gpa
+
+    if split and gpa is not None:
+        raise UsageError("--split and --gpa are exclusive (--split places the area itself)")
+    if split:
+        return split_gpa(LAYOUTS[layout])
+    return DEFAULT_GPA if gpa is None else gpa
+
+
+def _check_combinations(kw: dict[str, Any]) -> None:
+    if kw["transition"] is None:
+        for name in ("now", "steal"):
+            if kw[name] is not None:
+                raise UsageError(f"--{name} applies to --transition")
+        return
+    if kw["now"] is None:
+        raise UsageError("--transition needs --now (the kvmclock time of the change)")
+    given = [f"--{n.replace('_', '-')}" for n in ("state", "entry_time") if kw[n] is not None]
+    given += ["--time"] if kw["times"] is not None else []
+    if given:
+        raise UsageError(f"--transition derives the values itself; drop {', '.join(given)}")
+
+
+def _read_before(dump: str, dump_format: str, gpa: int, size: int) -> bytes:
+    from xenrs_cli.dumps import open_dump
+
+    with open_dump(dump, dump_format) as d:
+        return d.space.read_present(gpa, size)
+
+
+def scenario_from_options(**kw: Any):
+    """The :class:`~xenrs_cli.simulate.Scenario` the options describe (extra keys ignored)."""
+    from xenrs_cli import simulate as sim
+    from xenrs_cli.layouts import decode, encode
+    from xenrs_cli.models import ALWAYS_FLAG
+
+    _check_combinations(kw)
+    layout = LAYOUTS[kw["layout"]]
+    gpa = _resolve_gpa(kw["gpa"], kw["split"], kw["layout"])
+    before = None
+    if kw["from_dump"] is not None:
+        before = _read_before(kw["from_dump"], kw.get("dump_format") or "auto", gpa, layout.size)
+    if kw["transition"] is not None:
+        start = decode(layout, before) if before is not None else sim.DEFAULT_VALUES
+        after = sim.account_transition(start, sim.parse_state(kw["transition"]), kw["now"],
+                                       kw["steal"] or 0, kw["allow_inconsistent"])
+        if before is None:
+            before = encode(layout, start)
+    else:
+        state = sim.parse_state(kw["state"]) if kw["state"] is not None else \
+            sim.DEFAULT_VALUES.state
+        if kw["times"] is not None:
+            times = sim.parse_time_spec(kw["times"])
+        elif kw["entry_time"] is not None:
+            raise UsageError("--entry-time needs --time (the times it must add up to)")
+        else:
+            times = sim.DEFAULT_VALUES.time
+        after = sim.make_values(state, kw["entry_time"], times, kw["allow_inconsistent"])
+    if before is None:
+        before = sim.default_before_image(layout, after)
+    # kvm-6.1 and xen-phys have no switch: they always set XEN_RUNSTATE_UPDATE.
+    flag = True if kw["model"] in ALWAYS_FLAG else kw["update_flag"]
+    return sim.Scenario(kw["model"], layout.name, gpa, flag, kw["event"], after, before)
+
+
+@click.command()
+@scenario_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "xxd"]), default=None,
+              help="Output format (default: table on a terminal, json otherwise). xxd: an "
+                   "'xxd -r' patch of the final bytes at their GPAs.")
+@click.option("--images", "show_images", is_flag=True,
+              help="Table: also show the struct after each write, changed bytes highlighted.")
+@common_options
+def simulate(fmt: str | None, show_images: bool, **kw: Any) -> int:
+    """Show, in order, the guest-memory writes of one runstate update.
+
+    Pure: no dump is needed (--from-dump only reads the bytes there before the update).
+    Exit 1 if the model refuses to register the area.
+
+    \b
+    Examples:
+      xenrs simulate --split
+      xenrs simulate --model kvm-6.1 --gpa 0xc0001fd8          # refused: EINVAL
+      xenrs simulate --layout compat --gpa 0xc0001ff5 --images
+      xenrs simulate --from-dump vm.raw --gpa 0x625ff1 --transition runnable \\
+          --now 9622000000000 --format xxd > patch.xxd
+    """
+    from xenrs_cli.simulate import simulate as run
+    from xenrs_cli.trace import Reject
+
+    fmt = "table" if show_images and fmt is None else resolve_format(fmt)
+    if show_images and fmt != "table":
+        raise UsageError("--images applies to the table format")
+    scenario = scenario_from_options(**kw)
+    records = run(scenario)
+    refused = [r for r in records if isinstance(r, Reject)]
+    _output(fmt, scenario, records, show_images)
+    if refused and fmt in ("xxd", "table"):
+        warn(f"{scenario.model} refuses the area: {refused[0].errno}: {refused[0].why}")
+    return 1 if refused else 0
+
+
+def _output(fmt: str, scenario, records, show_images: bool) -> None:
+    from xenrs_cli.trace import to_json_dict
+
+    if fmt == "json":
+        for r in records:
+            emit_json(to_json_dict(r))
+    elif fmt == "csv":
+        out = CsvEmitter()
+        for r in records:
+            obj = to_json_dict(r)
+            out.emit({k: obj.get(k) for k in CSV_COLUMNS})
+    elif fmt == "xxd":
+        import sys
+
+        from xenrs_cli.apply import apply, patch_runs, xxd_patch
+
+        final = apply(scenario.before, scenario.gpa, records)
+        sys.stdout.write(xxd_patch(patch_runs(scenario.gpa, final, records)))
+    else:
+        from xenrs_cli.models import SOURCES
+        from xenrs_cli.render.trace import render_trace
+
+        render_trace(scenario, records, SOURCES[scenario.model], show_images)
