@@ -21,7 +21,12 @@ from xenrs_cli.errors import XenrsError
 
 COMMANDS: dict[str, str] = {
     "decode": "xenrs_cli.cli.decode:decode",
+    "diff": "xenrs_cli.cli.diff:diff",
     "info": "xenrs_cli.cli.info:info",
+    "race": "xenrs_cli.cli.race:race",
+    "scan": "xenrs_cli.cli.scan:scan",
+    "simulate": "xenrs_cli.cli.simulate:simulate",
+    "sweep": "xenrs_cli.cli.race:sweep",
 }
 
 EXIT_INTERNAL = 70

@@ -31,11 +31,20 @@ def render_info(obj: dict) -> None:
     head.add_row("vCPUs", "—" if obj["vcpus"] is None else str(obj["vcpus"]))
     for status, n in obj["bytes"].items():
         head.add_row(Text(status, style=STATUS_STYLES.get(status, "")), _size(n))
+    tables = []
     for key, value in obj["details"].items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value) if len(json.dumps(value)) < 100 else _multiline(value)
-        head.add_row(key, str(value))
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.append((key, _records_table(value)))  # pt_loads, notes, cpus: a table each
+        elif isinstance(value, dict):
+            head.add_row(key, "  ".join(f"{k} {_scalar(v)}" for k, v in value.items()))
+        elif isinstance(value, list):
+            head.add_row(key, ", ".join(_scalar(v) for v in value))
+        else:
+            head.add_row(key, _scalar(value))
     con.print(head)
+    for key, table in tables:
+        table.title = key
+        con.print(table)
     t = Table(title="extents", title_justify="left", header_style="bold", box=None,
               pad_edge=False)
     for col in ("GPA start", "GPA end", "size", "status", "file offset", "detail"):
@@ -47,7 +56,22 @@ def render_info(obj: dict) -> None:
     con.print(t)
 
 
-def _multiline(value) -> str:
-    if isinstance(value, dict):
-        return "\n".join(f"{k}: {json.dumps(v)}" for k, v in value.items())
-    return "\n".join(json.dumps(v) for v in value)
+def _scalar(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _records_table(rows: list[dict]) -> Table:
+    """A list of records (PT_LOADs, notes, vCPUs) as a table with the union of their keys."""
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    t = Table(title_justify="left", header_style="bold", box=None, pad_edge=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(_scalar(r.get(c)) for c in columns))
+    return t
