@@ -1,0 +1,694 @@
+"""Find runstate areas without a known GPA (SPEC §6 ``scan``), streaming the dump.
+
+A candidate at GPA ``g`` for a layout is: ``state`` in 0..3, ``state_entry_time`` (bit 63
+cleared) nonzero and at least ``min_entry_time``, and the sum rule ``state_entry_time ==
+sum(time[])`` (mod 2^64; KVM's ``RUNSTATE_DATA`` check in ``kvm_xen_vcpu_set_attr()`` and the
+invariant ``kvm_xen_update_runstate()`` keeps). The flag bit ``XEN_RUNSTATE_UPDATE`` is ignored by
+the rule, so records caught mid-update are found too; the 64-bit padding is not looked at.
+
+How it stays fast and bounded (numpy, imported only here):
+
+* The address space is walked as *streams*: maximal GPA-contiguous runs of pages that are
+  ``present`` or ``zero-filled`` (SPEC §2), across segment boundaries. ``excluded`` and
+  ``absent`` pages are skipped and counted; they end a stream, since no record can be read
+  through them. A long zero-filled run is cut down to the 47 bytes next to stored data, the only
+  zero bytes a record with a nonzero entry time can touch.
+* Each stream is cut into *cores* of candidate start GPAs; a core is examined through a window
+  that extends 47 bytes past it, so a record that crosses a chunk, page or segment edge is seen
+  whole, and exactly once (only starts inside the core count). Inside one segment the window is
+  a zero-copy view (``Segment.read_span``); only the last few KiB before a seam are copied.
+* In a window, one vectorised pass finds the nonzero aligned 8-byte words; the 8-byte fields
+  that could be ``state_entry_time`` (one byte shift per alignment the options allow: 1 for the
+  defaults' 64, 2 with compat, 8 for ``--align 1``) are read only next to them, and only those
+  whose value reaches ``min_entry_time`` get the state and sum tests. In a dump that is mostly
+  zero pages that is a handful per window.
+* Memory: a window is at most ``chunk_size`` + 4 KiB + 47 bytes of the mapping (unmapped again
+  once scanned) plus reused boolean scratch of an eighth of that, whatever the dump size.
+
+One set of bytes can pass the rules as several readings; :meth:`Scanner._resolve` keeps the
+record: a reading *k* bytes early is every field × 256^k when the bytes shifted in are zero
+(:meth:`Scanner._shadow_of`), and a 64-bit record at ``g`` and a compat one at ``g + 4`` share
+``state_entry_time`` and ``time[]`` (:meth:`Scanner._twin_choice`). Hits of one layout at a
+stride of exactly the struct size are reported as a per-vCPU array (Linux's
+``DEFINE_PER_CPU(struct vcpu_runstate_info, xen_runstate)`` is not contiguous, but a hypervisor-
+or test-side array is, like the KVM selftest's and the fixtures' ``vcpu_array64``).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from xenrs_cli.address_space import (AddressSpace, LinearSegment, Segment, Status,
+                                     ZeroSegment)
+from xenrs_cli.decode import Decoded, decode_at, hexaddr, to_json_dict
+from xenrs_cli.errors import InputError, UsageError
+from xenrs_cli.layouts import (LAYOUT_64, LAYOUT_COMPAT, LAYOUTS, XEN_RUNSTATE_UPDATE, Layout,
+                               RunstateInfo)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DEFAULT_MIN_ENTRY_TIME = 1_000_000_000  # 1 s of guest uptime: skips near-zero noise
+DEFAULT_CHUNK = 16 << 20
+NATURAL_ALIGN = {"64": 8, "compat": 4}  # the C ABI alignment of the struct (int64 / i386 int32)
+ALIGNS = (8, 4, 1)
+MAX_SIZE = max(l.size for l in LAYOUTS.values())
+REACH = MAX_SIZE - 1  # bytes past a start GPA that a record can touch
+SEAM = 4096  # the last bytes of a segment run, read by copy so the window can reach across
+
+
+class MissingNumpyError(InputError):
+    """``scan`` needs numpy, an optional dependency (extra ``scan``)."""
+
+    def __init__(self) -> None:
+        super().__init__("xenrs scan needs numpy, which is not installed: run "
+                         "pip install 'xenrs[scan]' (or pip install numpy)")
+
+
+def numpy():
+    """numpy, or a one-line install hint."""
+    try:
+        import numpy as np
+    except ImportError:
+        raise MissingNumpyError() from None
+    return np
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """What to look for and where. ``end`` is exclusive; ``None`` is the end of the dump."""
+
+    layouts: tuple[Layout, ...] = (LAYOUT_64, LAYOUT_COMPAT)
+    align: int | None = None  # None: each layout's natural alignment (8 for 64, 4 for compat)
+    min_entry_time: int = DEFAULT_MIN_ENTRY_TIME
+    start: int | None = None  # None: the first GPA of the dump
+    end: int | None = None
+    chunk_size: int = DEFAULT_CHUNK
+
+    def __post_init__(self) -> None:
+        if self.align is not None and self.align not in ALIGNS:
+            raise UsageError(f"--align must be one of 8, 4, 1, not {self.align}")
+        if not self.layouts:
+            raise UsageError("scan needs at least one layout")
+        if self.end is not None and self.end <= (self.start or 0):
+            raise UsageError(f"--range 0x{self.start or 0:x}-0x{self.end:x} is empty "
+                             "(the end is exclusive and must be above the start)")
+        if self.chunk_size < SEAM or self.chunk_size % 8:
+            raise ValueError("chunk_size must be a multiple of 8 and at least 4096")
+
+    def align_of(self, layout: Layout) -> int:
+        return self.align if self.align is not None else NATURAL_ALIGN[layout.name]
+
+
+@dataclass
+class ScanStats:
+    """Bytes of the scanned range by provenance, and what was found."""
+
+    range_start: int = 0
+    range_end: int = 0
+    bytes: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Status})
+    candidates: int = 0  # 8-byte windows that passed the entry-time test
+    hits: int = 0
+    readings_dropped: int = 0  # shifted or twin readings of a record (see Scanner._resolve)
+
+    def pages(self, status: Status, page_size: int) -> int:
+        return -(-self.bytes[status.value] // page_size)
+
+    def to_json_dict(self, page_size: int) -> dict[str, Any]:
+        return {"range": [hexaddr(self.range_start), hexaddr(self.range_end)],
+                "bytes": dict(self.bytes),
+                "pages": {s.value: self.pages(s, page_size) for s in Status},
+                "candidates": self.candidates, "hits": self.hits,
+                "readings_dropped": self.readings_dropped}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One runstate area found by the scan, decoded by :func:`decode_at`."""
+
+    decoded: Decoded
+    array_gpa: int | None = None
+    array_index: int | None = None
+    array_len: int | None = None
+    notes: tuple[str, ...] = ()
+    twin: tuple[int, Layout] | None = None  # the indistinguishable other reading, if any
+
+    @property
+    def gpa(self) -> int:
+        return self.decoded.gpa
+
+    @property
+    def layout(self) -> Layout:
+        return self.decoded.layout
+
+
+def hit_to_json_dict(hit: Hit, dump: str) -> dict[str, Any]:
+    """Decode's SPEC §3 record (``layout_inferred`` false: the scan rule chose it), plus the
+    array fields; the scan's notes are appended to ``warnings``."""
+    obj = to_json_dict(hit.decoded, dump)
+    obj["layout_inferred"] = False
+    obj["warnings"] = obj["warnings"] + list(hit.notes)
+    obj["array_gpa"] = hexaddr(hit.array_gpa)
+    obj["array_index"] = hit.array_index
+    obj["array_len"] = hit.array_len
+    obj["ambiguous_with"] = (None if hit.twin is None else
+                             {"gpa": hexaddr(hit.twin[0]), "layout": hit.twin[1].name})
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Walking the address space
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """GPA ``[gpa, gpa+size)`` of one status in one segment (``None``: absent)."""
+
+    gpa: int
+    size: int
+    status: Status
+    seg: Segment | None
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+def _uniform(seg: Segment) -> bool:
+    # LinearSegment / ZeroSegment answer chunk() without looking at the offset: one status for
+    # the whole segment, so there is no need to ask page by page.
+    return type(seg).chunk in (LinearSegment.chunk, ZeroSegment.chunk)
+
+
+def _segment_spans(seg: Segment, lo: int, hi: int, page_size: int) -> Iterator[_Span]:
+    """Runs of one status in ``seg`` ∩ ``[lo, hi)``, asking ``chunk()`` one page at a time
+    (its contract) unless the segment's status cannot vary."""
+    lo, hi = max(lo, seg.gpa), min(hi, seg.end)
+    if lo >= hi:
+        return
+    if _uniform(seg):
+        yield _Span(lo, hi - lo, seg.chunk(lo - seg.gpa, min(hi, lo + 1) - lo)[0], seg)
+        return
+    run_start, run_status = lo, None
+    cur = lo
+    while cur < hi:
+        stop = min(hi, (cur // page_size + 1) * page_size)
+        status, _ = seg.chunk(cur - seg.gpa, stop - cur)
+        if status is not run_status:
+            if run_status is not None:
+                yield _Span(run_start, cur - run_start, run_status, seg)
+            run_start, run_status = cur, status
+        cur = stop
+    yield _Span(run_start, hi - run_start, run_status, seg)
+
+
+def _spans(space: AddressSpace, lo: int, hi: int) -> Iterator[_Span]:
+    """Every byte of ``[lo, hi)`` in GPA order, as spans; holes are ``absent`` spans."""
+    cur = lo
+    for seg in space.segments:
+        if seg.end <= cur:
+            continue
+        if seg.gpa >= hi:
+            break
+        if seg.gpa > cur:
+            yield _Span(cur, seg.gpa - cur, Status.ABSENT, None)
+        yield from _segment_spans(seg, cur, hi, space.page_size)
+        cur = min(seg.end, hi)
+    if cur < hi:
+        yield _Span(cur, hi - cur, Status.ABSENT, None)
+
+
+def _streams(spans: Iterator[_Span], stats: ScanStats,
+             skipped: Callable[[int], None]) -> Iterator[list[_Span]]:
+    """Group spans into GPA-contiguous streams of readable (present/zero-filled) bytes.
+
+    Excluded and absent spans end a stream (counted, reported to ``skipped``). A zero-filled span
+    longer than two reaches keeps only its first and last ``REACH`` bytes, with a stream break
+    between them: a record whose entry time is nonzero touches stored bytes, so it lies within
+    ``REACH`` bytes of them.
+    """
+    stream: list[_Span] = []
+    for sp in spans:
+        stats.bytes[sp.status.value] += sp.size
+        if sp.status in (Status.EXCLUDED, Status.ABSENT):
+            skipped(sp.size)
+            if stream:
+                yield stream
+                stream = []
+            continue
+        if sp.status is Status.ZERO_FILLED and sp.size > 2 * REACH:
+            head = _Span(sp.gpa, REACH, sp.status, sp.seg)
+            tail = _Span(sp.end - REACH, REACH, sp.status, sp.seg)
+            skipped(sp.size - 2 * REACH)
+            if stream:
+                yield stream + [head]
+            else:  # nothing before it for a record to start in
+                skipped(REACH)
+            stream = [tail]
+            continue
+        if stream and stream[-1].end != sp.gpa:
+            yield stream
+            stream = []
+        stream.append(sp)
+    if stream:
+        yield stream
+
+
+def _release(seg: Segment, rel: int, size: int) -> None:
+    """Unmap from this process the whole pages of a mapped file under segment bytes
+    ``[rel, rel+size)``, once a window has been scanned.
+
+    They stay in the page cache, but without this the resident set would grow by every byte
+    scanned (a 64 GiB dump would show as 64 GiB RSS). ``MADV_DONTNEED`` on a read-only file
+    mapping only drops page-table entries; a later read faults them back in. (``MADV_POPULATE_
+    READ`` before a window, to save the faults, was measured slower.) A hint: errors are
+    ignored.
+    """
+    import mmap
+
+    buf = getattr(seg, "buf", None)
+    if not isinstance(seg, LinearSegment) or not isinstance(buf, mmap.mmap):
+        return
+    start = seg.file_offset + rel
+    first = start - start % mmap.PAGESIZE
+    end = (start + size) - (start + size) % mmap.PAGESIZE  # the next window reads the last one
+    if end > first:
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, first, end - first)
+        except OSError:
+            pass
+
+
+def _read_stream(stream: list[_Span], a: int, b: int) -> bytes:
+    """Bytes ``[a, b)`` of a stream (a copy): stored bytes, zeros for zero-filled ones."""
+    out = bytearray()
+    for sp in stream:
+        lo, hi = max(a, sp.gpa), min(b, sp.end)
+        if lo >= hi:
+            continue
+        if sp.status is Status.PRESENT:
+            out += sp.seg.read_span(lo - sp.seg.gpa, hi - lo)
+        else:
+            out += bytes(hi - lo)
+    return bytes(out)
+
+
+def _windows(stream: list[_Span], chunk: int) -> Iterator[tuple[int, int, Any]]:
+    """``(gpa, core_len, buffer)``: candidate starts ``[gpa, gpa+core_len)``, bytes
+    ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream)."""
+    end = stream[-1].end
+    for sp in stream:
+        cur = sp.gpa
+        if sp.status is Status.PRESENT:
+            # Zero-copy cores: their window ends inside this span (SEAM >= REACH).
+            stop = sp.end - SEAM
+            while cur < stop:
+                n = min(chunk, stop - cur)
+                yield cur, n, sp.seg.read_span(cur - sp.seg.gpa, n + REACH)
+                _release(sp.seg, cur - sp.seg.gpa, n)
+                cur += n
+        if cur < sp.end:
+            # The seam: copied, so that the window reaches into the next span(s).
+            yield cur, sp.end - cur, _read_stream(stream, cur, min(end, sp.end + REACH))
+
+
+# ---------------------------------------------------------------------------------------------
+# The vectorised test of one window
+
+
+def _values_at(np, buf: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
+    """The little-endian integers of ``dtype`` at byte positions ``pos`` of ``buf``, which all
+    share one residue mod 8 (they do within one byte shift): one strided, possibly unaligned,
+    view of the buffer indexed at those places, no copy of the buffer."""
+    size = np.dtype(dtype).itemsize
+    off = int(pos[0]) % 8
+    view = np.ndarray(((len(buf) - off) // size,), dtype=dtype, buffer=buf, offset=off)
+    return view[(pos - off) // size]
+
+
+def _entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold: int,
+                     scratch: tuple[np.ndarray, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: the ascending byte positions ``p``
+    of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value (flag bit included, so an upper
+    bound of the entry time) is at least ``threshold``.
+
+    One pass over the window finds the nonzero aligned words; an 8-byte field at shift ``s > 0``
+    overlaps words ``w`` and ``w + 1``, so only fields next to a nonzero word are read, and only
+    at those places. In a dump of zero pages that is nothing. ``scratch`` is two boolean arrays
+    of at least one element per word, reused across windows (fresh ones would page-fault in
+    every window: measured 2x slower).
+    """
+    head = (-gpa) % 8  # bytes before the first 8-aligned GPA of the window
+    words = (len(buf) - head) // 8
+    if words <= 0:
+        return
+    aligned = np.ndarray((words,), dtype="<u8", buffer=buf, offset=head)
+    nonzero = np.not_equal(aligned, 0, out=scratch[0][:words])
+    if not nonzero.any() and not buf[:head].any():
+        return
+    near = scratch[1][:words]
+    np.copyto(near, nonzero)
+    near[:-1] |= nonzero[1:]  # a field at shift s > 0 in word w also touches word w + 1
+    for s in shifts:
+        # A field at shift s starts in aligned word w at byte head + 8w + s; one that starts in
+        # the partial word before word 0 is always read. (The partial word after the last one
+        # never holds an entry time: a record ends at least 32 bytes after it.)
+        pos = head + s + 8 * np.flatnonzero(nonzero if s == 0 else near)
+        if s and head >= 8 - s:
+            pos = np.concatenate(([head + s - 8], pos))
+        pos = pos[:np.searchsorted(pos, len(buf) - 8, side="right")]
+        if pos.size:
+            yield s, pos[_values_at(np, buf, pos, "<u8") >= np.uint64(threshold)]
+
+
+ENTRY_MASK = ~XEN_RUNSTATE_UPDATE & (2**64 - 1)
+
+
+def _check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarray,
+                  layout: Layout, min_entry: int) -> list[int]:
+    """The GPA of every start in the core that passes SPEC §6's rules for ``layout``, given the
+    ascending positions of its possible ``state_entry_time`` fields (one byte shift, already of
+    the layout's alignment)."""
+    starts = entries - layout.entry_offset
+    lo = np.searchsorted(starts, 0)
+    hi = np.searchsorted(starts, min(core_len, len(buf) - layout.size + 1))
+    starts = starts[lo:hi]
+    if not starts.size:
+        return []
+    # state: a little-endian int32 in 0..3, RUNSTATE_running..RUNSTATE_offline.
+    starts = starts[_values_at(np, buf, starts, "<u4") <= 3]
+    if not starts.size:
+        return []
+    entry = _values_at(np, buf, starts + layout.entry_offset, "<u8") & np.uint64(ENTRY_MASK)
+    total = np.zeros(starts.size, dtype=np.uint64)
+    for i in range(4):  # uint64 addition wraps modulo 2^64, as the kernel's u64 sum does
+        total += _values_at(np, buf, starts + layout.times_offset + 8 * i, "<u8")
+    ok = (entry == total) & (entry >= np.uint64(max(min_entry, 1)))
+    return (starts[ok] + gpa).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Two readings of one set of bytes, and arrays
+
+
+@dataclass(slots=True)
+class _Raw:
+    gpa: int
+    layout: Layout
+    notes: list[str] = field(default_factory=list)
+    twin: tuple[int, Layout] | None = None
+
+    @property
+    def entry_gpa(self) -> int:
+        return self.gpa + self.layout.entry_offset
+
+
+@dataclass(frozen=True, slots=True)
+class Unreported:
+    """A record the rules accept that explains a dropped reading, but that this scan's options
+    exclude (the CLI warns, naming the option that would show it)."""
+
+    gpa: int
+    layout: Layout
+    instead_of: int  # GPA of the dropped reading
+    how: str  # "shifted reading" or "twin reading"
+    excluded_by: str  # the option that hides it: layout, align, range or min-entry-time
+
+
+def _unpacker(layout: Layout) -> struct.Struct:
+    """A ``struct`` format equivalent to the construct declaration, derived from its fields:
+    the scan checks thousands of readings per second and construct parses at ~30 µs each."""
+    codes = {("state", 4): "i", ("padding", 4): "4s", ("state_entry_time", 8): "Q"}
+    fmt = "<" + "".join(codes.get((f.name, f.size), "Q") for f in layout.fields)
+    unpacker = struct.Struct(fmt)
+    assert unpacker.size == layout.size
+    return unpacker
+
+
+_UNPACK = {name: _unpacker(layout) for name, layout in LAYOUTS.items()}
+
+
+def _reading(space: AddressSpace, gpa: int, layout: Layout, threshold: int) -> RunstateInfo | None:
+    """The record at ``gpa`` if it passes SPEC §6's rules with every byte readable (present or
+    zero-filled), else ``None``. The scalar twin of :func:`_check_layout`."""
+    if gpa < 0:
+        return None
+    data, pieces = space.read(gpa, layout.size)
+    if any(p.status in (Status.EXCLUDED, Status.ABSENT) for p in pieces):
+        return None
+    info = _decode_fast(layout, data)
+    if info.plausible and info.state_entry_time >= threshold:
+        return info
+    return None
+
+
+def _decode_fast(layout: Layout, data: bytes) -> RunstateInfo:
+    values = _UNPACK[layout.name].unpack(data)
+    if layout.has_padding:
+        state, padding, entry, *times = values
+    else:
+        (state, entry, *times), padding = values, None
+    return RunstateInfo(state, entry, tuple(times), padding)
+
+
+TWIN_OFFSET = LAYOUT_64.entry_offset - LAYOUT_COMPAT.entry_offset  # compat start = 64 start + 4
+
+
+def _arrays(hits: list[_Raw]) -> list[tuple[_Raw, int | None, int | None, int | None]]:
+    """Each hit with ``(array_gpa, array_index, array_len)``: hits of one layout exactly one
+    struct size apart form a per-vCPU array (``None`` for a lone hit)."""
+    out = []
+    by_layout: dict[str, list[_Raw]] = {}
+    for h in hits:
+        by_layout.setdefault(h.layout.name, []).append(h)
+    info: dict[int, tuple[int, int, int]] = {}
+    for group in by_layout.values():
+        run = [group[0]]
+        for h in group[1:] + [None]:
+            if h is not None and h.gpa == run[-1].gpa + h.layout.size:
+                run.append(h)
+                continue
+            if len(run) > 1:
+                for k, r in enumerate(run):
+                    info[id(r)] = (run[0].gpa, k, len(run))
+            if h is not None:
+                run = [h]
+    for h in hits:
+        a = info.get(id(h))
+        out.append((h, *(a if a else (None, None, None))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total) of the scanned range
+
+
+class Scanner:
+    """Scan an address space; iterate :meth:`hits`, then read :attr:`stats` and
+    :attr:`unreported`."""
+
+    def __init__(self, space: AddressSpace, options: ScanOptions = ScanOptions(),
+                 progress: Progress | None = None) -> None:
+        self.space = space
+        self.options = options
+        self.progress = progress
+        first = space.segments[0].gpa if space.segments else 0
+        start = options.start if options.start is not None else first
+        end = options.end if options.end is not None else space.end
+        self.stats = ScanStats(start, max(start, end))
+        self.unreported: list[Unreported] = []
+        self._threshold = max(options.min_entry_time, 1)
+
+    def hits(self) -> Iterator[Hit]:
+        np = numpy()
+        opts, stats = self.options, self.stats
+        total = stats.range_end - stats.range_start
+        done = 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if self.progress is not None:
+                self.progress(min(done, total), total)
+
+        checks = [(l, opts.align_of(l)) for l in opts.layouts]
+        # Byte shifts (GPA mod 8) at which an allowed start puts state_entry_time.
+        shifts = sorted({s for l, a in checks for s in range(8)
+                         if (s - l.entry_offset) % a == 0})
+        cluster: list[_Raw] = []
+        words = (opts.chunk_size + SEAM + REACH) // 8 + 1  # the largest window, in words
+        scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool))
+        if self.progress is not None:
+            self.progress(0, total)
+        spans = _spans(self.space, stats.range_start, stats.range_end)
+        for stream in _streams(spans, stats, advance):
+            for gpa, core_len, data in _windows(stream, opts.chunk_size):
+                buf = np.frombuffer(data, dtype=np.uint8)
+                found: list[_Raw] = []
+                for shift, entries in _entry_positions(np, buf, gpa, shifts, self._threshold,
+                                                       scratch):
+                    stats.candidates += int(entries.size)
+                    for layout, align in checks:
+                        if entries.size and (shift - layout.entry_offset) % align == 0:
+                            found += [_Raw(g, layout) for g in _check_layout(
+                                np, buf, gpa, core_len, entries, layout, self._threshold)]
+                del buf, data  # drop the views of the mapping before it is closed
+                found.sort(key=lambda r: (r.gpa, r.layout.name))
+                for raw in found:
+                    if cluster and raw.gpa - cluster[-1].gpa > MAX_SIZE:
+                        yield from self._flush(cluster)
+                        cluster = []
+                    cluster.append(raw)
+                advance(core_len)
+        if cluster:
+            yield from self._flush(cluster)
+        if self.progress is not None:
+            self.progress(total, total)
+
+    # -- choosing between readings of the same bytes ------------------------------------------
+
+    def _records_at_entry(self, e: int, threshold: int | None = None) -> list[tuple[int, Layout]]:
+        """The readings whose ``state_entry_time`` starts at GPA ``e`` and pass the rules (with
+        ``threshold`` for the entry time, default ``--min-entry-time``), after the twin choice:
+        none, one, or both of an indistinguishable pair."""
+        threshold = self._threshold if threshold is None else threshold
+        g64 = e - LAYOUT_64.entry_offset
+        gc = e - LAYOUT_COMPAT.entry_offset
+        info64 = _reading(self.space, g64, LAYOUT_64, threshold)
+        okc = _reading(self.space, gc, LAYOUT_COMPAT, threshold) is not None
+        if info64 is None:
+            return [(gc, LAYOUT_COMPAT)] if okc else []
+        if not okc:
+            return [(g64, LAYOUT_64)]
+        choice = self._twin_choice(g64, info64)
+        return [(g, l) for g, l in ((g64, LAYOUT_64), (gc, LAYOUT_COMPAT))
+                if choice in ("both", l.name)]
+
+    def _shadow_of(self, raw: _Raw) -> list[tuple[int, Layout]]:
+        """The record(s) that ``raw`` is a byte-shifted reading of, if any.
+
+        Reading a record ``k`` bytes early (1 ≤ k ≤ 7) multiplies every field by 256^k (mod
+        2^64) when the ``k`` bytes shifted in are zero — as they are in zeroed memory and in the
+        top bytes of nanosecond counters below 2^56 — so the sum rule holds there too. Of two
+        passing readings whose ``state_entry_time`` fields overlap, ``k`` bytes apart, the
+        earlier one is the shadow when it is what such a shift produces (:func:`_is_shadow`);
+        otherwise the later one passes by a coincidence of the bytes (equal counters, zeros
+        around) and is the shadow.
+        """
+        e = raw.entry_gpa
+        # Any nonzero entry time: a shadow's values are 256^k times its record's, so the
+        # record itself may be below --min-entry-time.
+        here = min(g for g, _ in self._records_at_entry(e, threshold=1))
+        for d in (7, 6, 5, 4, 3, 2, 1, -1, -2, -3, -4, -5, -6, -7):
+            others = self._records_at_entry(e + d, threshold=1)
+            if not others:
+                continue
+            there = min(g for g, _ in others)
+            if d > 0 and self._is_shadow(e, here, d, there):
+                return others
+            if d < 0 and not self._is_shadow(e + d, there, -d, here):
+                return others
+        return []
+
+    def _is_shadow(self, entry: int, start: int, k: int, later: int) -> bool:
+        """Whether the readings with their entry-time field at ``entry`` (the earliest starting
+        at ``start``), ``k`` bytes before that of passing readings starting at ``later``, are
+        those records read early: the low ``k`` bytes of every counter are zero, as the shift
+        puts them there, and their bytes before ``later`` are zero, as in the zeroed memory such
+        shadows come from. (So a record whose counters all end in zero bytes — likely only with
+        a single nonzero counter — is told from its shadow by a nonzero state.)"""
+        counters = struct.unpack("<5Q", self.space.read(entry, 40)[0])
+        unit = 1 << (8 * k)
+        if any(v % unit for v in counters):
+            return False
+        return later <= start or not any(self.space.read(start, later - start)[0])
+
+    def _info(self, gpa: int, layout: Layout) -> RunstateInfo:
+        return _decode_fast(layout, self.space.read(gpa, layout.size)[0])
+
+    def _twin_choice(self, g64: int, info64: RunstateInfo) -> str:
+        """Which of 64 at ``g64`` and compat at ``g64 + 4`` (both passing) the bytes support:
+        ``"64"``, ``"compat"`` or ``"both"``.
+
+        1. 64's padding is nonzero (it holds compat's state 1..3): compat. Xen and KVM write the
+           padding as zero (``update_runstate_area()`` copies a zeroed struct; KVM's split path
+           copies ``rs`` with zero padding, its fast path never writes it).
+        2. 64's state is nonzero (compat would start after unrelated bytes 1..3): 64.
+        3. All eight bytes before the entry time are zero, so both say "running" with the same
+           numbers: 64 if a 64-bit record sits 48 bytes before or after (a per-vCPU array),
+           else both.
+        """
+        if info64.padding != bytes(4):
+            return "compat"
+        if info64.state != 0:
+            return "64"
+        for nb in (g64 - LAYOUT_64.size, g64 + LAYOUT_64.size):
+            if _reading(self.space, nb, LAYOUT_64, self._threshold) is not None:
+                return "64"
+        return "both"
+
+    def _excluded_by(self, gpa: int, layout: Layout) -> str | None:
+        """Which option keeps a record that passes the rules out of this scan's hits, if any:
+        ``"layout"``, ``"align"``, ``"range"`` or ``"min-entry-time"``."""
+        opts = self.options
+        if layout not in opts.layouts:
+            return "layout"
+        if gpa % opts.align_of(layout):
+            return "align"
+        if not (self.stats.range_start <= gpa and gpa + layout.size <= self.stats.range_end):
+            return "range"
+        if self._info(gpa, layout).state_entry_time < self._threshold:
+            return "min-entry-time"
+        return None
+
+    def _drop(self, raw: _Raw, records: list[tuple[int, Layout]], how: str) -> None:
+        self.stats.readings_dropped += 1
+        for gpa, layout in records:
+            option = self._excluded_by(gpa, layout)
+            if option is not None:
+                self.unreported.append(Unreported(gpa, layout, raw.gpa, how, option))
+
+    def _resolve(self, cluster: list[_Raw]) -> list[_Raw]:
+        kept = []
+        for raw in cluster:
+            shadow = self._shadow_of(raw)
+            if shadow:
+                self._drop(raw, shadow, "shifted reading")
+                continue
+            records = self._records_at_entry(raw.entry_gpa)
+            if (raw.gpa, raw.layout) not in records:
+                self._drop(raw, records, "twin reading")
+                continue
+            if len(records) == 2:
+                (tg, tl), = [r for r in records if r[1] is not raw.layout]
+                raw.twin = (tg, tl)
+                what = "compat" if tl is LAYOUT_COMPAT else "64-bit"
+                raw.notes.append(f"the same bytes also read as a {what} record at GPA 0x{tg:x} "
+                                 "(64-bit padding = compat state = 0); nothing tells them apart")
+            if kept and raw.gpa < kept[-1].gpa + kept[-1].layout.size and not (
+                    kept[-1].twin and kept[-1].twin[0] == raw.gpa):
+                # Overlaps the record before it, with a different state_entry_time field: a
+                # reading of that record's times and the bytes after them (possible when two
+                # consecutive time[] are equal and zero follows). The earlier one is the record;
+                # a shifted reading can only be later, as one 8+ bytes early reads all zeros.
+                self.stats.readings_dropped += 1
+                continue
+            kept.append(raw)
+        return kept
+
+    def _flush(self, cluster: list[_Raw]) -> Iterator[Hit]:
+        for raw, agpa, aidx, alen in _arrays(self._resolve(cluster)):
+            d = decode_at(self.space, raw.gpa, raw.layout.name, allow_missing=True)
+            self.stats.hits += 1
+            yield Hit(d, agpa, aidx, alen, tuple(raw.notes), raw.twin)
+
+
+def scan(space: AddressSpace, options: ScanOptions = ScanOptions(),
+         progress: Progress | None = None) -> Iterator[Hit]:
+    """The hits of :class:`Scanner`, in GPA order (statistics discarded)."""
+    return Scanner(space, options, progress).hits()
