@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 from rich.console import Console
+
+# A table sent to a pipe or a file is laid out this wide (rich would use 80 and cut columns);
+# COLUMNS overrides it, as it does on a terminal.
+PIPE_WIDTH = 160
+
+
+def _width() -> int | None:
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    return None if sys.stdout.isatty() else PIPE_WIDTH
 
 
 @functools.cache
 def stdout() -> Console:
     # rich honours NO_COLOR itself; highlight=False keeps it from colouring numbers at random.
-    return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=False, width=_width())
 
 
 @functools.cache
