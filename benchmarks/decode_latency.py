@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import statistics
 import struct
-import subprocess
 import sys
 import tempfile
-import time
+
+from timing import median_time, xenrs_command
 
 GPA = 0x1ff1  # crosses a page: the expensive path
 RECORD = struct.pack("<iI5Q", 1, 0, 5_200_000_000, 4_000_000_000, 200_000_000,
@@ -31,29 +29,11 @@ def make_sparse(path: str, size: int) -> None:
         f.write(RECORD)
 
 
-def median_time(cmd: list[str], runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
     args = ap.parse_args()
-    # The console script of the interpreter running this benchmark (its venv), else PATH's.
-    beside = os.path.join(os.path.dirname(sys.executable), "xenrs")
-    xenrs = [beside if os.path.exists(beside) else shutil.which("xenrs") or "xenrs"]
-    # An installed package has its bytecode compiled at install time (click's and construct's
-    # are); an editable checkout under PYTHONDONTWRITEBYTECODE=1 would recompile xenrs on every
-    # run. Compile it once so both sides are measured as installed.
-    import xenrs_cli
-
-    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.dirname(xenrs_cli.__file__)],
-                   check=True)
+    xenrs = xenrs_command()
     with tempfile.TemporaryDirectory() as tmp:
         small, big = os.path.join(tmp, "64M.raw"), os.path.join(tmp, "64G.raw")
         make_sparse(small, 64 << 20)

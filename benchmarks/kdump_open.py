@@ -20,12 +20,12 @@ import argparse
 import ctypes
 import mmap
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from timing import median_time, xenrs_command
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from dumpwriter import Kdump, flatten, kdump_file, runstate64  # noqa: E402
@@ -63,15 +63,6 @@ def build(tmp: str) -> dict[str, str]:
         f.seek(GPA)
         f.write(RECORD)
     return paths
-
-
-def median_time(cmd: list[str], runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
 
 
 # ``xenrs decode`` with kernel read-ahead turned off on the dump's mapping (MADV_RANDOM), so that
@@ -122,8 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
-    beside = os.path.join(os.path.dirname(sys.executable), "xenrs")
-    xenrs = [beside if os.path.exists(beside) else shutil.which("xenrs") or "xenrs"]
+    xenrs = xenrs_command()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         paths = build(tmp)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from clitools import one_line_error
 from xenrs_cli.cli import xenrs
 
 REC64 = struct.pack("<i4sQ4Q", 1, b"\0" * 4, 5_200_000_000, 4_000_000_000, 200_000_000,
@@ -118,16 +118,6 @@ def test_allow_missing_nulls_fields(runner, img):
     assert [p["status"] for p in obj["pieces"]] == ["present", "absent"]
 
 
-def one_error_line(r, code, *needles):
-    assert r.exit_code == code, (r.stdout, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("xenrs: error: ")
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0]
-
-
 @pytest.mark.parametrize("args,code,needle", [
     (["decode", "{missing}", "--gpa", "0"], 3, "no such file"),
     (["decode", "{dir}", "--gpa", "0"], 3, "is a directory"),
@@ -152,7 +142,7 @@ def test_bad_input_one_line_and_exit_code(runner, img, tmp_path, args, code, nee
     subst = {"missing": tmp_path / "nope", "dir": tmp_path / "d", "empty": tmp_path / "empty",
              "img": img}
     r = run(runner, *[a.format(**subst) for a in args], input="")
-    one_error_line(r, code, needle)
+    one_line_error(r, code, needle)
 
 
 def test_one_bad_gpa_does_not_stop_the_others(runner, img):
@@ -170,7 +160,7 @@ def test_internal_error_is_exit_70_with_hint(runner, img, monkeypatch):
 
     monkeypatch.setattr(xenrs_cli.decode, "decode_at", boom)
     r = run(runner, "decode", img, "--gpa", "0")
-    one_error_line(r, 70, "internal error: RuntimeError: kaboom", "--traceback")
+    one_line_error(r, 70, "internal error: RuntimeError: kaboom", "--traceback")
     r = run(runner, "decode", img, "--gpa", "0", "--traceback")
     assert isinstance(r.exception, RuntimeError)
 

@@ -8,17 +8,13 @@ import json
 import lzma
 
 import pytest
-from click.testing import CliRunner
 
 from dumpwriter import Kdump, Load, elf_core, flatten, kdump_file
-from xenrs_cli.cli import xenrs
+from clitools import cli
 from xenrs_cli.dumps import FORMATS, SNIFF_ORDER, detect, open_dump
 
 PAGE = 4096
 
-
-def cli(*args):
-    return CliRunner().invoke(xenrs, [str(a) for a in args])
 
 
 def error_line(result) -> str:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
 from dumpwriter import Load, Note, elf_core, qemu_cpu_state, runstate64, runstate_compat
+from clitools import cli, one_line_error
 from xenrs_cli.address_space import Status
-from xenrs_cli.cli import xenrs
 from xenrs_cli.decode import decode_at, to_json_dict
 from xenrs_cli.dumps import open_dump
 from xenrs_cli.errors import BadDumpError, UnmappedAddressError, UnsupportedDumpError
@@ -25,16 +24,6 @@ def write(tmp_path, data: bytes, name: str = "vm.elf"):
     return p
 
 
-def cli(*args):
-    return CliRunner().invoke(xenrs, [str(a) for a in args])
-
-
-def one_line_error(result, code: int = 3) -> str:
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xenrs: error: "), result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
-    return lines[0]
 
 
 def two_loads_with_split_record() -> tuple[bytes, int]:

@@ -11,13 +11,12 @@ import struct
 import sys
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dumpwriter import Kdump, Note, flatten, kdump_file, runstate64
+from clitools import cli, one_line_error
 from xenrs_cli.address_space import Status
-from xenrs_cli.cli import xenrs
 from xenrs_cli.decode import decode_at
 from xenrs_cli.dumps import codecs, open_dump
 from xenrs_cli.dumps.kdump import Rank, bit_runs
@@ -57,16 +56,6 @@ def write(tmp_path, data: bytes, name: str = "vm.kdump"):
     return p
 
 
-def cli(*args):
-    return CliRunner().invoke(xenrs, [str(a) for a in args])
-
-
-def one_line_error(result, code: int = 3) -> str:
-    assert result.exit_code == code, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("xenrs: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def check_sample(d, k: Kdump) -> None:

@@ -63,7 +63,7 @@ def brute(p: Problem, atomic: bool = False, where=None) -> float:
     """The fewest writer units visible when the reader's last unit runs, over every torn
     execution (inf if none); ``where(r1_bytes, copy_bytes)`` filters the executions."""
     lay = LAYOUTS[p.layout]
-    e, flag = lay.entry_offset, lay.flag_offset
+    flag = lay.flag_offset
     best = float("inf")
     programs = [[u for load in combo for u in load]
                 for combo in itertools.product(*_loads(p, atomic))]

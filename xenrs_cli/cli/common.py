@@ -155,3 +155,19 @@ def read_stdin_gpas(stream: Iterable[str]) -> Iterator[int]:
         except ValueError:
             raise UsageError(f"--gpa -: line {lineno} of stdin, {text!r}, is not a "
                              "guest-physical address (0x hex or decimal, below 2^52)") from None
+
+
+def expand_gpas(gpas: tuple) -> list[int]:
+    """The ``--gpa`` values with each ``-`` replaced by the GPAs read from standard input."""
+    from xenrs_cli.errors import UsageError
+
+    out: list[int] = []
+    for g in gpas:
+        if g == "-":
+            read = list(read_stdin_gpas(sys.stdin))
+            if not read:
+                raise UsageError("--gpa -: no GPA on stdin")
+            out += read
+        else:
+            out.append(g)
+    return out

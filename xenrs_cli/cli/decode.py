@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from xenrs_cli.cli.common import (GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
-                                  emit_json, format_option, read_stdin_gpas, resolve_format, warn)
+                                  emit_json, expand_gpas, format_option, resolve_format, warn)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
@@ -52,7 +50,7 @@ def decode(dump: str, gpas: tuple, layout: str, fmt: str | None, strict: bool,
     with open_dump(dump, dump_format) as d:
         out = _sink(fmt, show_hex)
         failed = finding = False
-        for gpa in _expand(gpas):
+        for gpa in expand_gpas(gpas):
             try:
                 rec = decode_at(d.space, gpa, layout, allow_missing)
             except InputError as e:
@@ -64,19 +62,6 @@ def decode(dump: str, gpas: tuple, layout: str, fmt: str | None, strict: bool,
             finding |= bool(rec.findings)
             out(rec, to_json_dict(rec, dump))
     return 3 if failed else 1 if strict and finding else 0
-
-
-def _expand(gpas: tuple) -> list[int]:
-    out: list[int] = []
-    for g in gpas:
-        if g == "-":
-            read = list(read_stdin_gpas(sys.stdin))
-            if not read:
-                raise UsageError("--gpa -: no GPA on stdin")
-            out += read
-        else:
-            out.append(g)
-    return out
 
 
 def _sink(fmt: str, show_hex: bool):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from xenrs_cli.cli.common import (GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
-                                  emit_json, format_option, read_stdin_gpas, resolve_format)
+                                  emit_json, expand_gpas, format_option, resolve_format)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
@@ -54,7 +52,7 @@ def diff(dump1: str, dump2: str, gpas: tuple, use_scan: bool, layout: str, fmt: 
         raise UsageError("DUMP1 and DUMP2 cannot both be '-' (stdin)")
     fmt = resolve_format(fmt)
     with open_dump(dump1, dump_format) as d1, open_dump(dump2, dump_format) as d2:
-        targets = _scan_targets(d1, layout) if use_scan else [(g, layout) for g in _expand(gpas)]
+        targets = _scan_targets(d1, layout) if use_scan else [(g, layout) for g in expand_gpas(gpas)]
         out = _sink(fmt)
         failed = regression = False
         for gpa, lay in targets:
@@ -92,19 +90,6 @@ def _scan_targets(dump, layout: str) -> list[tuple[int, str]]:
     layouts = tuple(LAYOUTS.values()) if layout == "auto" else (LAYOUTS[layout],)
     hits = Scanner(dump.space, ScanOptions(layouts=layouts)).hits()
     return [(h.gpa, h.layout.name) for h in hits]
-
-
-def _expand(gpas: tuple) -> list[int]:
-    out: list[int] = []
-    for g in gpas:
-        if g == "-":
-            read = list(read_stdin_gpas(sys.stdin))
-            if not read:
-                raise UsageError("--gpa -: no GPA on stdin")
-            out += read
-        else:
-            out.append(g)
-    return out
 
 
 def _sink(fmt: str):

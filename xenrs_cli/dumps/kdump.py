@@ -277,8 +277,8 @@ class KdumpSegment(Segment):
 
 def _header(data) -> tuple[str, Any]:
     """The header variant whose geometry is plausible (64-bit first)."""
-    for variant, struct in HEADERS.items():
-        h = parse(struct, data, 0, "kdump disk_dump_header")
+    for variant, header in HEADERS.items():
+        h = parse(header, data, 0, "kdump disk_dump_header")
         bs = h.block_size
         if 1024 <= bs <= 1 << 18 and bs & (bs - 1) == 0:
             return variant, h
