@@ -182,9 +182,7 @@ def test_race_transition_with_before_needs_now(runner):
 # --- the README fragment shows real output ---------------------------------------------------
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
-# The section lives in docs/readme/race.md until it is merged into README.md.
-DOC = next(p for p in (_ROOT / "README.md", _ROOT / "docs" / "readme" / "race.md")
-           if p.exists() and "#### The race record (JSON)" in p.read_text())
+DOC = _ROOT / "README.md"
 
 
 def test_doc_race_table_is_real_output(runner):
