@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xenrs_cli.layouts import LAYOUT_64, LAYOUT_COMPAT, LAYOUTS, RunstateInfo, decode, encode
 
@@ -94,3 +96,14 @@ def test_sum_wraps_modulo_2_64():
 def test_decode_rejects_wrong_length():
     with pytest.raises(ValueError):
         decode(LAYOUT_64, bytes(44))
+
+
+@settings(max_examples=300, deadline=None)
+@given(layout=st.sampled_from(list(LAYOUTS.values())), data=st.data())
+def test_fast_decode_equals_the_construct_declaration(layout, data):
+    raw = data.draw(st.binary(min_size=layout.size, max_size=layout.size))
+    c = layout.struct.parse(raw)
+    info = decode(layout, raw)
+    assert (info.state, info.state_entry_time_raw, list(info.time)) == \
+        (c.state, c.state_entry_time, list(c.time))
+    assert info.padding == (bytes(c.padding) if layout.has_padding else None)

@@ -67,21 +67,15 @@ class _Trace:
         self.group += 1
 
 
-def _state_bytes(info: RunstateInfo) -> bytes:
-    return info.state.to_bytes(4, "little", signed=True)
-
-
-def _u64(value: int) -> bytes:
-    return value.to_bytes(8, "little")
-
-
-def _times(info: RunstateInfo) -> bytes:
-    return b"".join(_u64(t) for t in info.time)
-
-
 def _image(layout: Layout, info: RunstateInfo, entry_raw: int) -> bytes:
-    """The whole struct as the hypervisor builds it aside: 64-bit padding zero."""
+    """The whole struct as the hypervisor builds it aside: 64-bit padding zero. Every write
+    below is a slice of it, so field encodings come from the one layout declaration."""
     return encode(layout, RunstateInfo(info.state, entry_raw, info.time, bytes(4)))
+
+
+def _field(layout: Layout, image: bytes, name: str) -> bytes:
+    f = layout.field(name)
+    return image[f.offset:f.end]
 
 
 def kvm_xen_update_runstate_guest(layout: Layout, gpa: int, info: RunstateInfo,
@@ -112,19 +106,19 @@ def kvm_xen_update_runstate_guest(layout: Layout, gpa: int, info: RunstateInfo,
         t.write("store", flag_ofs, bytes([(entry | XEN_RUNSTATE_UPDATE) >> 56]),
                 "set XEN_RUNSTATE_UPDATE")
         t.barrier()
+    image = _image(layout, info, entry_time)
     if len2 == 0:
         # Fast path: rs_state/rs_times point straight into the guest page; the 64-bit padding
         # (bytes 4..7) is never written.
-        t.write("store", 0, _state_bytes(info), "*rs_state = vx->current_runstate")
-        t.write("store", times_ofs, _u64(entry_time), "rs_times[0] = entry_time"
-                + (" (XEN_RUNSTATE_UPDATE set)" if update_flag else ""))
-        t.write("copy", times_ofs + 8, _times(info),
+        t.write("store", 0, _field(layout, image, "state"), "*rs_state = vx->current_runstate")
+        t.write("store", times_ofs, _field(layout, image, "state_entry_time"),
+                "rs_times[0] = entry_time" + (" (XEN_RUNSTATE_UPDATE set)" if update_flag else ""))
+        t.write("copy", times_ofs + 8, image[layout.times_offset:],
                 "memcpy(rs_times + 1, vx->runstate_times, ...)")
     else:
         # Split path: the struct is built in the on-stack 'rs' (memset to zero up to
         # state_entry_time, so the 64-bit padding is written as zeros), then copied in two
         # memcpys, one per gfn_to_pfn_cache.
-        image = _image(layout, info, entry_time)
         t.write("copy", 0, image[:len1], f"memcpy(gpc1->khva, rs_state, user_len1={len1})")
         t.write("copy", len1, image[len1:],
                 f"memcpy(gpc2->khva, rs_state + user_len1, user_len2={len2})")
@@ -156,13 +150,16 @@ def kvm_xen_update_runstate_guest_6_1(layout: Layout, gpa: int, info: RunstateIn
     t = _Trace(layout, gpa)
     times_ofs = layout.entry_offset
     entry = info.state_entry_time
-    t.write("store", times_ofs, _u64(entry | XEN_RUNSTATE_UPDATE),
+    flagged, final = _image(layout, info, entry | XEN_RUNSTATE_UPDATE), _image(layout, info, entry)
+    t.write("store", times_ofs, _field(layout, flagged, "state_entry_time"),
             "user_times[0] = vx->runstate_entry_time | XEN_RUNSTATE_UPDATE")
     t.barrier()
-    t.write("store", 0, _state_bytes(info), "*user_state = vx->current_runstate")
-    t.write("copy", times_ofs + 8, _times(info), "memcpy(user_times + 1, vx->runstate_times, ...)")
+    t.write("store", 0, _field(layout, final, "state"), "*user_state = vx->current_runstate")
+    t.write("copy", times_ofs + 8, final[layout.times_offset:],
+            "memcpy(user_times + 1, vx->runstate_times, ...)")
     t.barrier()
-    t.write("store", times_ofs, _u64(entry), "user_times[0] &= ~XEN_RUNSTATE_UPDATE")
+    t.write("store", times_ofs, _field(layout, final, "state_entry_time"),
+            "user_times[0] &= ~XEN_RUNSTATE_UPDATE")
     t.barrier()
     return t.records
 
@@ -235,15 +232,16 @@ def update_runstate_area_phys(layout: Layout, gpa: int, info: RunstateInfo,
     t = _Trace(layout, gpa)
     times_ofs = layout.entry_offset
     entry = info.state_entry_time
-    t.write("store", times_ofs, _u64(entry | XEN_RUNSTATE_UPDATE),
+    flagged, final = _image(layout, info, entry | XEN_RUNSTATE_UPDATE), _image(layout, info, entry)
+    t.write("store", times_ofs, _field(layout, flagged, "state_entry_time"),
             "write_atomic(pset, state_entry_time | XEN_RUNSTATE_UPDATE)")
     t.barrier()
     what = "XLAT_vcpu_runstate_info(cmap, &runstate)" if layout.name == "compat" else \
         "*map = runstate"
-    t.write("copy", 0, _image(layout, info, entry | XEN_RUNSTATE_UPDATE),
-            f"{what}, XEN_RUNSTATE_UPDATE set")
+    t.write("copy", 0, flagged, f"{what}, XEN_RUNSTATE_UPDATE set")
     t.barrier()
-    t.write("store", times_ofs, _u64(entry), "write_atomic(pset, state_entry_time)")
+    t.write("store", times_ofs, _field(layout, final, "state_entry_time"),
+            "write_atomic(pset, state_entry_time)")
     return t.records
 
 

@@ -46,7 +46,7 @@ from xenrs_cli.address_space import (AddressSpace, LinearSegment, Segment, Statu
 from xenrs_cli.decode import Decoded, decode_at, hexaddr, to_json_dict
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import (LAYOUT_64, LAYOUT_COMPAT, LAYOUTS, XEN_RUNSTATE_UPDATE, Layout,
-                               RunstateInfo)
+                               RunstateInfo, decode)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -418,19 +418,6 @@ class Unreported:
     excluded_by: str  # the option that hides it: layout, align, range or min-entry-time
 
 
-def _unpacker(layout: Layout) -> struct.Struct:
-    """A ``struct`` format equivalent to the construct declaration, derived from its fields:
-    the scan checks thousands of readings per second and construct parses at ~30 µs each."""
-    codes = {("state", 4): "i", ("padding", 4): "4s", ("state_entry_time", 8): "Q"}
-    fmt = "<" + "".join(codes.get((f.name, f.size), "Q") for f in layout.fields)
-    unpacker = struct.Struct(fmt)
-    assert unpacker.size == layout.size
-    return unpacker
-
-
-_UNPACK = {name: _unpacker(layout) for name, layout in LAYOUTS.items()}
-
-
 def _reading(space: AddressSpace, gpa: int, layout: Layout, threshold: int) -> RunstateInfo | None:
     """The record at ``gpa`` if it passes SPEC §6's rules with every byte readable (present or
     zero-filled), else ``None``. The scalar twin of :func:`_check_layout`."""
@@ -439,19 +426,10 @@ def _reading(space: AddressSpace, gpa: int, layout: Layout, threshold: int) -> R
     data, pieces = space.read(gpa, layout.size)
     if any(p.status in (Status.EXCLUDED, Status.ABSENT) for p in pieces):
         return None
-    info = _decode_fast(layout, data)
+    info = decode(layout, data)
     if info.plausible and info.state_entry_time >= threshold:
         return info
     return None
-
-
-def _decode_fast(layout: Layout, data: bytes) -> RunstateInfo:
-    values = _UNPACK[layout.name].unpack(data)
-    if layout.has_padding:
-        state, padding, entry, *times = values
-    else:
-        (state, entry, *times), padding = values, None
-    return RunstateInfo(state, entry, tuple(times), padding)
 
 
 TWIN_OFFSET = LAYOUT_64.entry_offset - LAYOUT_COMPAT.entry_offset  # compat start = 64 start + 4
@@ -609,7 +587,7 @@ class Scanner:
         return later <= start or not any(self.space.read(start, later - start)[0])
 
     def _info(self, gpa: int, layout: Layout) -> RunstateInfo:
-        return _decode_fast(layout, self.space.read(gpa, layout.size)[0])
+        return decode(layout, self.space.read(gpa, layout.size)[0])
 
     def _twin_choice(self, g64: int, info64: RunstateInfo) -> str:
         """Which of 64 at ``g64`` and compat at ``g64 + 4`` (both passing) the bytes support:
