@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from xenrs_cli.errors import UsageError
 from xenrs_cli.layouts import (LAYOUT_64, LAYOUT_COMPAT, XEN_RUNSTATE_UPDATE, RunstateInfo,
                                encode)
-from xenrs_cli.race import (Problem, Witness, check, field_sources, parse_before, problem, race,
-                            report_json, timeline, torn_fields)
+from xenrs_cli.race import Problem, Witness, check, problem
+from xenrs_cli.race_report import (field_sources, parse_before, race, report_json, timeline,
+                                   torn_fields)
 from xenrs_cli.readers import default_reader, line_split, programs
 from xenrs_cli.simulate import Scenario, simulate
 from xenrs_cli.sweep import canonical, ranges, sweep

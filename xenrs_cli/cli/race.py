@@ -25,7 +25,7 @@ def _scenario(kw: dict[str, Any]):
     from dataclasses import replace
 
     from xenrs_cli.layouts import LAYOUTS, encode
-    from xenrs_cli.race import parse_before
+    from xenrs_cli.race_report import parse_before
 
     before = kw.pop("before")
     kw_orig = dict(kw)
@@ -76,7 +76,7 @@ def race(fmt: str | None, reader: str | None, **kw: Any) -> int:
       xenrs race --no-update-flag                     # torn: nothing to retry on
       xenrs race --split --format json | jq .witness.torn_fields
     """
-    from xenrs_cli.race import race as run, report_json
+    from xenrs_cli.race_report import race as run, report_json
 
     fmt = resolve_format(fmt)
     rep = run(_scenario(kw), reader)
