@@ -135,3 +135,12 @@ def test_kdump_reads_equal_the_reference(tmp_path_factory, image, flat, data):
             for i in range(0, seg.size, 61):
                 status, value = ref(seg.gpa + i)
                 assert span[i] == (value if status is Status.PRESENT else 0)
+        # the runs of the whole space agree with the reference, byte by byte
+        lo, hi = data.draw(st.integers(0, end)), end + PAGE
+        covered = lo
+        for run in d.space.runs(lo, hi):
+            assert run.gpa == covered and run.size > 0
+            for g in range(run.gpa, run.end, 97):
+                assert ref(g)[0] is run.status
+            covered = run.end
+        assert covered == hi

@@ -102,3 +102,16 @@ def test_absent_run_merges_across_pages_in_the_error():
     with pytest.raises(UnmappedAddressError) as e:
         space.read_present(0x1ff0, 0x1100)
     assert (e.value.gpa, e.value.size, e.value.status) == (0x1ff0, 0x1010, "absent")
+
+
+def test_runs_cover_holes_and_segments_in_order():
+    from xenrs_cli.address_space import ZeroSegment
+
+    space = AddressSpace([LinearSegment(0x2000, 0x1000, bytes(0x1000), 0),
+                          ZeroSegment(0x3000, 0x800), LinearSegment(0x5000, 0x10, bytes(16), 0)])
+    got = [(r.gpa, r.size, r.status) for r in space.runs(0x1800, 0x6000)]
+    assert got == [(0x1800, 0x800, Status.ABSENT), (0x2000, 0x1000, Status.PRESENT),
+                   (0x3000, 0x800, Status.ZERO_FILLED), (0x3800, 0x1800, Status.ABSENT),
+                   (0x5000, 0x10, Status.PRESENT), (0x5010, 0xff0, Status.ABSENT)]
+    # clipped inside a segment
+    assert [(r.gpa, r.size) for r in space.runs(0x2100, 0x2200)] == [(0x2100, 0x100)]

@@ -55,6 +55,20 @@ class Extent:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """GPA ``[gpa, gpa+size)`` of one status in one segment (``None``: a hole, ``absent``)."""
+
+    gpa: int
+    size: int
+    status: Status
+    seg: "Segment | None"
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
 class Segment:
     """A GPA range of a dump. Subclasses say where its bytes are.
 
@@ -79,6 +93,23 @@ class Segment:
 
     def extents(self) -> Iterator[Extent]:
         raise NotImplementedError
+
+    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
+                    ) -> Iterator[tuple[int, int, Status]]:
+        """``(rel, size, status)`` runs of one status covering segment bytes ``[rel, end)``,
+        asking ``chunk()`` one page at a time (its contract). Uniform segments override it."""
+        run_start, run_status = rel, None
+        cur = rel
+        while cur < end:
+            stop = min(end, ((self.gpa + cur) // page_size + 1) * page_size - self.gpa)
+            status, _ = self.chunk(cur, stop - cur)
+            if status is not run_status:
+                if run_status is not None:
+                    yield run_start, cur - run_start, run_status
+                run_start, run_status = cur, status
+            cur = stop
+        if run_status is not None:
+            yield run_start, end - run_start, run_status
 
     def read_span(self, rel: int, size: int, page_size: int = PAGE_SIZE) -> bytes | memoryview:
         """Bytes of ``[rel, rel+size)`` across pages (zeros where not present), for scanning.
@@ -117,6 +148,11 @@ class LinearSegment(Segment):
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.PRESENT, self.file_offset, self.detail)
 
+    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
+                    ) -> Iterator[tuple[int, int, Status]]:
+        if rel < end:
+            yield rel, end - rel, Status.PRESENT
+
 
 class ZeroSegment(Segment):
     """A range that reads as zeros but is not stored (ELF ``[p_filesz, p_memsz)``)."""
@@ -132,6 +168,11 @@ class ZeroSegment(Segment):
 
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.ZERO_FILLED, None, self.detail)
+
+    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
+                    ) -> Iterator[tuple[int, int, Status]]:
+        if rel < end:
+            yield rel, end - rel, Status.ZERO_FILLED
 
 
 class AddressSpace:
@@ -205,6 +246,24 @@ class AddressSpace:
     def extents(self) -> Iterator[Extent]:
         for seg in self.segments:
             yield from seg.extents()
+
+    def runs(self, lo: int, hi: int) -> Iterator[Run]:
+        """Every byte of ``[lo, hi)`` in GPA order as runs of one status (for streaming over a
+        whole dump, as ``scan`` does); holes are ``absent`` runs."""
+        cur = lo
+        for seg in self.segments:
+            if seg.end <= cur:
+                continue
+            if seg.gpa >= hi:
+                break
+            if seg.gpa > cur:
+                yield Run(cur, seg.gpa - cur, Status.ABSENT, None)
+            start, stop = max(cur, seg.gpa) - seg.gpa, min(hi, seg.end) - seg.gpa
+            for rel, size, status in seg.status_runs(start, stop, self.page_size):
+                yield Run(seg.gpa + rel, size, status, seg)
+            cur = seg.gpa + stop
+        if cur < hi:
+            yield Run(cur, hi - cur, Status.ABSENT, None)
 
     @property
     def end(self) -> int:

@@ -41,8 +41,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from xenrs_cli.address_space import (AddressSpace, LinearSegment, Segment, Status,
-                                     ZeroSegment)
+from xenrs_cli.address_space import AddressSpace, LinearSegment, Run, Segment, Status
 from xenrs_cli.decode import Decoded, decode_at, hexaddr, to_json_dict
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import (LAYOUT_64, LAYOUT_COMPAT, LAYOUTS, XEN_RUNSTATE_UPDATE, Layout,
@@ -163,66 +162,8 @@ def hit_to_json_dict(hit: Hit, dump: str) -> dict[str, Any]:
 # Walking the address space
 
 
-@dataclass(frozen=True, slots=True)
-class _Span:
-    """GPA ``[gpa, gpa+size)`` of one status in one segment (``None``: absent)."""
-
-    gpa: int
-    size: int
-    status: Status
-    seg: Segment | None
-
-    @property
-    def end(self) -> int:
-        return self.gpa + self.size
-
-
-def _uniform(seg: Segment) -> bool:
-    # LinearSegment / ZeroSegment answer chunk() without looking at the offset: one status for
-    # the whole segment, so there is no need to ask page by page.
-    return type(seg).chunk in (LinearSegment.chunk, ZeroSegment.chunk)
-
-
-def _segment_spans(seg: Segment, lo: int, hi: int, page_size: int) -> Iterator[_Span]:
-    """Runs of one status in ``seg`` ∩ ``[lo, hi)``, asking ``chunk()`` one page at a time
-    (its contract) unless the segment's status cannot vary."""
-    lo, hi = max(lo, seg.gpa), min(hi, seg.end)
-    if lo >= hi:
-        return
-    if _uniform(seg):
-        yield _Span(lo, hi - lo, seg.chunk(lo - seg.gpa, min(hi, lo + 1) - lo)[0], seg)
-        return
-    run_start, run_status = lo, None
-    cur = lo
-    while cur < hi:
-        stop = min(hi, (cur // page_size + 1) * page_size)
-        status, _ = seg.chunk(cur - seg.gpa, stop - cur)
-        if status is not run_status:
-            if run_status is not None:
-                yield _Span(run_start, cur - run_start, run_status, seg)
-            run_start, run_status = cur, status
-        cur = stop
-    yield _Span(run_start, hi - run_start, run_status, seg)
-
-
-def _spans(space: AddressSpace, lo: int, hi: int) -> Iterator[_Span]:
-    """Every byte of ``[lo, hi)`` in GPA order, as spans; holes are ``absent`` spans."""
-    cur = lo
-    for seg in space.segments:
-        if seg.end <= cur:
-            continue
-        if seg.gpa >= hi:
-            break
-        if seg.gpa > cur:
-            yield _Span(cur, seg.gpa - cur, Status.ABSENT, None)
-        yield from _segment_spans(seg, cur, hi, space.page_size)
-        cur = min(seg.end, hi)
-    if cur < hi:
-        yield _Span(cur, hi - cur, Status.ABSENT, None)
-
-
-def _streams(spans: Iterator[_Span], stats: ScanStats,
-             skipped: Callable[[int], None]) -> Iterator[list[_Span]]:
+def _streams(spans: Iterator[Run], stats: ScanStats,
+             skipped: Callable[[int], None]) -> Iterator[list[Run]]:
     """Group spans into GPA-contiguous streams of readable (present/zero-filled) bytes.
 
     Excluded and absent spans end a stream (counted, reported to ``skipped``). A zero-filled span
@@ -230,7 +171,7 @@ def _streams(spans: Iterator[_Span], stats: ScanStats,
     between them: a record whose entry time is nonzero touches stored bytes, so it lies within
     ``REACH`` bytes of them.
     """
-    stream: list[_Span] = []
+    stream: list[Run] = []
     for sp in spans:
         stats.bytes[sp.status.value] += sp.size
         if sp.status in (Status.EXCLUDED, Status.ABSENT):
@@ -240,8 +181,8 @@ def _streams(spans: Iterator[_Span], stats: ScanStats,
                 stream = []
             continue
         if sp.status is Status.ZERO_FILLED and sp.size > 2 * REACH:
-            head = _Span(sp.gpa, REACH, sp.status, sp.seg)
-            tail = _Span(sp.end - REACH, REACH, sp.status, sp.seg)
+            head = Run(sp.gpa, REACH, sp.status, sp.seg)
+            tail = Run(sp.end - REACH, REACH, sp.status, sp.seg)
             skipped(sp.size - 2 * REACH)
             if stream:
                 yield stream + [head]
@@ -282,7 +223,7 @@ def _release(seg: Segment, rel: int, size: int) -> None:
             pass
 
 
-def _read_stream(stream: list[_Span], a: int, b: int) -> bytes:
+def _read_stream(stream: list[Run], a: int, b: int) -> bytes:
     """Bytes ``[a, b)`` of a stream (a copy): stored bytes, zeros for zero-filled ones."""
     out = bytearray()
     for sp in stream:
@@ -296,7 +237,7 @@ def _read_stream(stream: list[_Span], a: int, b: int) -> bytes:
     return bytes(out)
 
 
-def _windows(stream: list[_Span], chunk: int) -> Iterator[tuple[int, int, Any]]:
+def _windows(stream: list[Run], chunk: int) -> Iterator[tuple[int, int, Any]]:
     """``(gpa, core_len, buffer)``: candidate starts ``[gpa, gpa+core_len)``, bytes
     ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream)."""
     end = stream[-1].end
@@ -503,7 +444,7 @@ class Scanner:
         scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool))
         if self.progress is not None:
             self.progress(0, total)
-        spans = _spans(self.space, stats.range_start, stats.range_end)
+        spans = self.space.runs(stats.range_start, stats.range_end)
         for stream in _streams(spans, stats, advance):
             for gpa, core_len, data in _windows(stream, opts.chunk_size):
                 buf = np.frombuffer(data, dtype=np.uint8)

@@ -255,16 +255,37 @@ class KdumpSegment(Segment):
         skip = rel - first * bs
         return bytes(out[skip:skip + size])
 
-    def extents(self) -> Iterator[Extent]:
-        end_pfn = self.pfn + self.size // self.pages.bs
-        cur = self.pfn
-        for s, e in bit_runs(self.pages.bitmap2, self.pfn, end_pfn):
+    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
+                    ) -> Iterator[tuple[int, int, Status]]:
+        """Runs read off the 2nd bitmap (present / excluded), not a ``chunk()`` per page: a
+        64 GiB guest has 16 Mi pages. An incomplete dump's lost pages need their descriptors,
+        so there the page-by-page walk is kept."""
+        if self.pages.incomplete:
+            yield from super().status_runs(rel, end, page_size)
+            return
+        if rel >= end:
+            return
+        bs = self.pages.bs
+        first, last = self.pfn + rel // bs, self.pfn + (end - 1) // bs + 1
+
+        def clip(s: int, e: int, status: Status) -> tuple[int, int, Status]:
+            a, b = max(rel, (s - self.pfn) * bs), min(end, (e - self.pfn) * bs)
+            return a, b - a, status
+
+        cur = first
+        for s, e in bit_runs(self.pages.bitmap2, first, last):
             if s > cur:
-                yield self._extent(cur, s, Status.EXCLUDED)
-            yield self._extent(s, e, Status.PRESENT)
+                yield clip(cur, s, Status.EXCLUDED)
+            yield clip(s, e, Status.PRESENT)
             cur = e
-        if cur < end_pfn:
-            yield self._extent(cur, end_pfn, Status.EXCLUDED)
+        if cur < last:
+            yield clip(cur, last, Status.EXCLUDED)
+
+    def extents(self) -> Iterator[Extent]:
+        bs = self.pages.bs
+        for rel, size, status in self.status_runs(0, self.size, bs):
+            s = self.pfn + rel // bs
+            yield self._extent(s, s + size // bs, status)
 
     def _extent(self, s: int, e: int, status: Status) -> Extent:
         pfns = f"PFN 0x{s:x}" if e - s == 1 else f"PFN 0x{s:x}-0x{e - 1:x} ({e - s} pages)"
