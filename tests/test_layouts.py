@@ -107,3 +107,16 @@ def test_fast_decode_equals_the_construct_declaration(layout, data):
     assert (info.state, info.state_entry_time_raw, list(info.time)) == \
         (c.state, c.state_entry_time, list(c.time))
     assert info.padding == (bytes(c.padding) if layout.has_padding else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(layout=st.sampled_from(list(LAYOUTS.values())),
+       state=st.integers(-(1 << 31), (1 << 31) - 1), entry=st.integers(0, (1 << 64) - 1),
+       times=st.lists(st.integers(0, (1 << 64) - 1), min_size=4, max_size=4),
+       padding=st.binary(min_size=4, max_size=4))
+def test_fast_encode_equals_the_construct_declaration(layout, state, entry, times, padding):
+    values = dict(state=state, state_entry_time=entry, time=times)
+    if layout.has_padding:
+        values["padding"] = padding
+    info = RunstateInfo(state, entry, tuple(times), padding if layout.has_padding else None)
+    assert encode(layout, info) == layout.struct.build(values)
