@@ -39,24 +39,19 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from xenrs_cli.address_space import AddressSpace, LinearSegment, Run, Segment, Status
+from xenrs_cli.address_space import AddressSpace, Status
 from xenrs_cli.decode import Decoded, decode_at, hexaddr, to_json_dict
 from xenrs_cli.errors import InputError, UsageError
-from xenrs_cli.layouts import (LAYOUT_64, LAYOUT_COMPAT, LAYOUTS, XEN_RUNSTATE_UPDATE, Layout,
-                               RunstateInfo, decode)
-
-if TYPE_CHECKING:
-    import numpy as np
+from xenrs_cli.layouts import LAYOUT_64, LAYOUT_COMPAT, Layout, RunstateInfo, decode
+from xenrs_cli.scan_windows import (MAX_SIZE, REACH, SEAM, check_layout, entry_positions,
+                                    streams, windows)
 
 DEFAULT_MIN_ENTRY_TIME = 1_000_000_000  # 1 s of guest uptime: skips near-zero noise
 DEFAULT_CHUNK = 16 << 20
 NATURAL_ALIGN = {"64": 8, "compat": 4}  # the C ABI alignment of the struct (int64 / i386 int32)
 ALIGNS = (8, 4, 1)
-MAX_SIZE = max(l.size for l in LAYOUTS.values())
-REACH = MAX_SIZE - 1  # bytes past a start GPA that a record can touch
-SEAM = 4096  # the last bytes of a segment run, read by copy so the window can reach across
 
 
 class MissingNumpyError(InputError):
@@ -159,179 +154,6 @@ def hit_to_json_dict(hit: Hit, dump: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Walking the address space
-
-
-def _streams(spans: Iterator[Run], stats: ScanStats,
-             skipped: Callable[[int], None]) -> Iterator[list[Run]]:
-    """Group spans into GPA-contiguous streams of readable (present/zero-filled) bytes.
-
-    Excluded and absent spans end a stream (counted, reported to ``skipped``). A zero-filled span
-    longer than two reaches keeps only its first and last ``REACH`` bytes, with a stream break
-    between them: a record whose entry time is nonzero touches stored bytes, so it lies within
-    ``REACH`` bytes of them.
-    """
-    stream: list[Run] = []
-    for sp in spans:
-        stats.bytes[sp.status.value] += sp.size
-        if sp.status in (Status.EXCLUDED, Status.ABSENT):
-            skipped(sp.size)
-            if stream:
-                yield stream
-                stream = []
-            continue
-        if sp.status is Status.ZERO_FILLED and sp.size > 2 * REACH:
-            head = Run(sp.gpa, REACH, sp.status, sp.seg)
-            tail = Run(sp.end - REACH, REACH, sp.status, sp.seg)
-            skipped(sp.size - 2 * REACH)
-            if stream:
-                yield stream + [head]
-            else:  # nothing before it for a record to start in
-                skipped(REACH)
-            stream = [tail]
-            continue
-        if stream and stream[-1].end != sp.gpa:
-            yield stream
-            stream = []
-        stream.append(sp)
-    if stream:
-        yield stream
-
-
-def _release(seg: Segment, rel: int, size: int) -> None:
-    """Unmap from this process the whole pages of a mapped file under segment bytes
-    ``[rel, rel+size)``, once a window has been scanned.
-
-    They stay in the page cache, but without this the resident set would grow by every byte
-    scanned (a 64 GiB dump would show as 64 GiB RSS). ``MADV_DONTNEED`` on a read-only file
-    mapping only drops page-table entries; a later read faults them back in. (``MADV_POPULATE_
-    READ`` before a window, to save the faults, was measured slower.) A hint: errors are
-    ignored.
-    """
-    import mmap
-
-    buf = getattr(seg, "buf", None)
-    if not isinstance(seg, LinearSegment) or not isinstance(buf, mmap.mmap):
-        return
-    start = seg.file_offset + rel
-    first = start - start % mmap.PAGESIZE
-    end = (start + size) - (start + size) % mmap.PAGESIZE  # the next window reads the last one
-    if end > first:
-        try:
-            buf.madvise(mmap.MADV_DONTNEED, first, end - first)
-        except OSError:
-            pass
-
-
-def _read_stream(stream: list[Run], a: int, b: int) -> bytes:
-    """Bytes ``[a, b)`` of a stream (a copy): stored bytes, zeros for zero-filled ones."""
-    out = bytearray()
-    for sp in stream:
-        lo, hi = max(a, sp.gpa), min(b, sp.end)
-        if lo >= hi:
-            continue
-        if sp.status is Status.PRESENT:
-            out += sp.seg.read_span(lo - sp.seg.gpa, hi - lo)
-        else:
-            out += bytes(hi - lo)
-    return bytes(out)
-
-
-def _windows(stream: list[Run], chunk: int) -> Iterator[tuple[int, int, Any]]:
-    """``(gpa, core_len, buffer)``: candidate starts ``[gpa, gpa+core_len)``, bytes
-    ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream)."""
-    end = stream[-1].end
-    for sp in stream:
-        cur = sp.gpa
-        if sp.status is Status.PRESENT:
-            # Zero-copy cores: their window ends inside this span (SEAM >= REACH).
-            stop = sp.end - SEAM
-            while cur < stop:
-                n = min(chunk, stop - cur)
-                yield cur, n, sp.seg.read_span(cur - sp.seg.gpa, n + REACH)
-                _release(sp.seg, cur - sp.seg.gpa, n)
-                cur += n
-        if cur < sp.end:
-            # The seam: copied, so that the window reaches into the next span(s).
-            yield cur, sp.end - cur, _read_stream(stream, cur, min(end, sp.end + REACH))
-
-
-# ---------------------------------------------------------------------------------------------
-# The vectorised test of one window
-
-
-def _values_at(np, buf: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
-    """The little-endian integers of ``dtype`` at byte positions ``pos`` of ``buf``, which all
-    share one residue mod 8 (they do within one byte shift): one strided, possibly unaligned,
-    view of the buffer indexed at those places, no copy of the buffer."""
-    size = np.dtype(dtype).itemsize
-    off = int(pos[0]) % 8
-    view = np.ndarray(((len(buf) - off) // size,), dtype=dtype, buffer=buf, offset=off)
-    return view[(pos - off) // size]
-
-
-def _entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold: int,
-                     scratch: tuple[np.ndarray, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: the ascending byte positions ``p``
-    of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value (flag bit included, so an upper
-    bound of the entry time) is at least ``threshold``.
-
-    One pass over the window finds the nonzero aligned words; an 8-byte field at shift ``s > 0``
-    overlaps words ``w`` and ``w + 1``, so only fields next to a nonzero word are read, and only
-    at those places. In a dump of zero pages that is nothing. ``scratch`` is two boolean arrays
-    of at least one element per word, reused across windows (fresh ones would page-fault in
-    every window: measured 2x slower).
-    """
-    head = (-gpa) % 8  # bytes before the first 8-aligned GPA of the window
-    words = (len(buf) - head) // 8
-    if words <= 0:
-        return
-    aligned = np.ndarray((words,), dtype="<u8", buffer=buf, offset=head)
-    nonzero = np.not_equal(aligned, 0, out=scratch[0][:words])
-    if not nonzero.any() and not buf[:head].any():
-        return
-    near = scratch[1][:words]
-    np.copyto(near, nonzero)
-    near[:-1] |= nonzero[1:]  # a field at shift s > 0 in word w also touches word w + 1
-    for s in shifts:
-        # A field at shift s starts in aligned word w at byte head + 8w + s; one that starts in
-        # the partial word before word 0 is always read. (The partial word after the last one
-        # never holds an entry time: a record ends at least 32 bytes after it.)
-        pos = head + s + 8 * np.flatnonzero(nonzero if s == 0 else near)
-        if s and head >= 8 - s:
-            pos = np.concatenate(([head + s - 8], pos))
-        pos = pos[:np.searchsorted(pos, len(buf) - 8, side="right")]
-        if pos.size:
-            yield s, pos[_values_at(np, buf, pos, "<u8") >= np.uint64(threshold)]
-
-
-ENTRY_MASK = ~XEN_RUNSTATE_UPDATE & (2**64 - 1)
-
-
-def _check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarray,
-                  layout: Layout, min_entry: int) -> list[int]:
-    """The GPA of every start in the core that passes SPEC §6's rules for ``layout``, given the
-    ascending positions of its possible ``state_entry_time`` fields (one byte shift, already of
-    the layout's alignment)."""
-    starts = entries - layout.entry_offset
-    lo = np.searchsorted(starts, 0)
-    hi = np.searchsorted(starts, min(core_len, len(buf) - layout.size + 1))
-    starts = starts[lo:hi]
-    if not starts.size:
-        return []
-    # state: a little-endian int32 in 0..3, RUNSTATE_running..RUNSTATE_offline.
-    starts = starts[_values_at(np, buf, starts, "<u4") <= 3]
-    if not starts.size:
-        return []
-    entry = _values_at(np, buf, starts + layout.entry_offset, "<u8") & np.uint64(ENTRY_MASK)
-    total = np.zeros(starts.size, dtype=np.uint64)
-    for i in range(4):  # uint64 addition wraps modulo 2^64, as the kernel's u64 sum does
-        total += _values_at(np, buf, starts + layout.times_offset + 8 * i, "<u8")
-    ok = (entry == total) & (entry >= np.uint64(max(min_entry, 1)))
-    return (starts[ok] + gpa).tolist()
-
-
-# ---------------------------------------------------------------------------------------------
 # Two readings of one set of bytes, and arrays
 
 
@@ -361,7 +183,7 @@ class Unreported:
 
 def _reading(space: AddressSpace, gpa: int, layout: Layout, threshold: int) -> RunstateInfo | None:
     """The record at ``gpa`` if it passes SPEC §6's rules with every byte readable (present or
-    zero-filled), else ``None``. The scalar twin of :func:`_check_layout`."""
+    zero-filled), else ``None``. The scalar twin of :func:`check_layout`."""
     if gpa < 0:
         return None
     data, pieces = space.read(gpa, layout.size)
@@ -445,16 +267,16 @@ class Scanner:
         if self.progress is not None:
             self.progress(0, total)
         spans = self.space.runs(stats.range_start, stats.range_end)
-        for stream in _streams(spans, stats, advance):
-            for gpa, core_len, data in _windows(stream, opts.chunk_size):
+        for stream in streams(spans, stats, advance):
+            for gpa, core_len, data in windows(stream, opts.chunk_size):
                 buf = np.frombuffer(data, dtype=np.uint8)
                 found: list[_Raw] = []
-                for shift, entries in _entry_positions(np, buf, gpa, shifts, self._threshold,
+                for shift, entries in entry_positions(np, buf, gpa, shifts, self._threshold,
                                                        scratch):
                     stats.candidates += int(entries.size)
                     for layout, align in checks:
                         if entries.size and (shift - layout.entry_offset) % align == 0:
-                            found += [_Raw(g, layout) for g in _check_layout(
+                            found += [_Raw(g, layout) for g in check_layout(
                                 np, buf, gpa, core_len, entries, layout, self._threshold)]
                 del buf, data  # drop the views of the mapping before it is closed
                 found.sort(key=lambda r: (r.gpa, r.layout.name))
