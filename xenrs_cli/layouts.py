@@ -16,7 +16,9 @@ import struct as _struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from construct import Array, Bytes, FormatField, Int32sl, Int64ul, Struct
+from construct import Array, Bytes, Int32sl, Int64ul, Struct
+
+from xenrs_cli.binary import compiled
 
 # Xen public/vcpu.h: "#define XEN_RUNSTATE_UPDATE (xen_mk_ullong(1) << 63)".
 XEN_RUNSTATE_UPDATE = 1 << 63
@@ -105,32 +107,11 @@ class Layout:
         return [f.name for f in self.fields if f.offset < end and start < f.end]
 
 
-def _format(struct: Struct) -> str:
-    """The stdlib ``struct`` format equivalent to a declaration of fixed-size fields.
-
-    construct parses a 48-byte record in ~30 µs; the scanner and race checker decode many
-    thousands, so :func:`decode` and :func:`encode` use this format (tests check that they
-    agree with construct's parse and build)."""
-    codes = []
-    for sub in struct.subcons:
-        con = sub.subcon
-        if isinstance(con, FormatField):
-            codes.append(con.fmtstr[1:])
-        elif isinstance(con, Bytes):
-            codes.append(f"{con.length}s")
-        elif isinstance(con, Array) and isinstance(con.subcon, FormatField):
-            codes.append(f"{con.count}{con.subcon.fmtstr[1:]}")
-        else:
-            raise TypeError(f"no struct format for {sub.name}: {con!r}")
-    return "<" + "".join(codes)
-
-
 def make_layout(name: str, struct: Struct) -> Layout:
     fields = _fields(struct)
     by_name = {f.name: f for f in fields}
     entry = by_name["state_entry_time"]
-    unpacker = _struct.Struct(_format(struct))
-    assert unpacker.size == struct.sizeof()
+    unpacker = compiled(struct)  # decode() and encode() use it; construct stays the declaration
     return Layout(name, struct, fields, struct.sizeof(), entry.offset, entry.end - 1,
                   by_name["time[0]"].offset, "padding" in by_name, unpacker)
 

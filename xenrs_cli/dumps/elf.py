@@ -18,11 +18,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from construct import (Bytes, ConstructError, Const, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub,
+from construct import (Bytes, Const, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub,
                        Int64ul, Struct)
 
 from xenrs_cli.address_space import GPA_LIMIT, AddressSpace, LinearSegment, Segment, ZeroSegment
 from xenrs_cli.dumps import Dump
+from xenrs_cli.binary import parse
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
 from xenrs_cli.files import MappedFile
 
@@ -65,18 +66,6 @@ def structs(is64: bool, little: bool) -> dict[str, Struct]:
     # The note header is three 32-bit words in ELF64 too (gABI; QEMU elf.h Elf64_Nhdr).
     nhdr = Struct("n_namesz" / w, "n_descsz" / w, "n_type" / w)
     return {"ehdr": ehdr, "phdr": phdr, "shdr": shdr, "nhdr": nhdr}
-
-
-def parse(struct: Struct, buf, offset: int, what: str):
-    """Parse ``struct`` at ``offset``; a short or malformed read is a :class:`BadDumpError`."""
-    size = struct.sizeof()
-    if offset < 0 or offset + size > len(buf):
-        raise BadDumpError(f"truncated {what}: {size} bytes needed, the file has "
-                           f"{max(0, len(buf) - offset)}", offset=offset)
-    try:
-        return struct.parse(bytes(buf[offset:offset + size]))
-    except ConstructError as e:
-        raise BadDumpError(f"corrupt {what}: {e}", offset=offset) from None
 
 
 def _ident(buf) -> tuple[bool, bool] | None:

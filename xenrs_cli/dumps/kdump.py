@@ -19,7 +19,6 @@ in a 64-bit and a 32-bit variant (``timeval`` of 16 or 8 bytes): no field names 
 from __future__ import annotations
 
 import re
-import struct
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ from construct import Bytes, Int32sl, Int32ul, Int64sl, Int64ul, Struct
 
 from xenrs_cli.address_space import PAGE_SIZE, AddressSpace, Extent, Segment, Status
 from xenrs_cli.dumps import Dump, codecs, flattened
-from xenrs_cli.dumps.elf import parse, parse_notes, summarise_notes
+from xenrs_cli.binary import compiled, parse
+from xenrs_cli.dumps.elf import parse_notes, summarise_notes
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
 from xenrs_cli.files import MappedFile
 
@@ -68,9 +68,8 @@ SUB_HEADERS = {
 PAGE_DESC = Struct("offset" / Int64sl, "size" / Int32ul, "flags" / Int32ul,
                    "page_flags" / Int64ul)
 DESC_SIZE = PAGE_DESC.sizeof()
-# Descriptors are read per page and counted in bulk: a struct.Struct made from the declaration's
-# own format characters is ~50x faster than construct's parser and cannot disagree with it.
-_DESC = struct.Struct("<" + "".join(sc.subcon.fmtstr.lstrip("<") for sc in PAGE_DESC.subcons))
+# Descriptors are read per page and counted in bulk: the compiled declaration is ~50x faster.
+_DESC = compiled(PAGE_DESC)
 assert _DESC.size == DESC_SIZE
 RANK_BLOCK = 4096  # bytes of bitmap per prefix-count entry (32768 PFNs)
 PAGE_CACHE = 16  # decompressed pages kept (crash's DISKDUMP_CACHED_PAGES)
