@@ -202,3 +202,29 @@ def test_stdin_dump_spooled(img):
                           "--format", "json"], input=data, capture_output=True)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["dump"] == "-"
+
+
+def test_output_file_is_replaced_only_on_success(runner, img, tmp_path):
+    out = tmp_path / "records.jsonl"
+    out.write_text("previous results\n")
+    r = run(runner, "decode", img, "--gpa", "0x1ff1", "-o", out)
+    assert r.exit_code == 0 and r.stdout == ""
+    assert json.loads(out.read_text())["gpa"] == "0x1ff1"  # json: a file is not a terminal
+
+    before = out.read_text()
+    r = run(runner, "decode", img, "--gpa", "0x3000", "--gpa", "0x9000", "-o", out)
+    assert r.exit_code == 3  # one GPA failed: the run failed, the file is untouched
+    assert out.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["records.jsonl", "vm.raw"]
+
+
+def test_output_file_kept_on_a_finding_and_bad_directory_is_a_usage_error(runner, tmp_path):
+    data = bytearray(4096)
+    data[0:48] = struct.pack("<i4sQ4Q", 0, b"\0" * 4, (1 << 63) | 10, 4, 3, 2, 1)
+    p = tmp_path / "mid.raw"
+    p.write_bytes(bytes(data))
+    out = tmp_path / "mid.jsonl"
+    r = run(runner, "decode", p, "--gpa", "0", "--layout", "64", "--strict", "-o", out)
+    assert r.exit_code == 1 and json.loads(out.read_text())["update_in_progress"] is True
+    r = run(runner, "decode", p, "--gpa", "0", "-o", tmp_path / "no" / "such" / "dir.json")
+    one_line_error(r, 2, "--output")

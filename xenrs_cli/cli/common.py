@@ -6,6 +6,7 @@ never pays for rich's import.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -64,13 +65,51 @@ def _set_traceback(ctx, param, value):
 
 
 def common_options(f: Callable) -> Callable:
-    """``-q`` and ``--traceback`` on every command."""
-    f = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
-                     is_eager=True, help="Silence warnings on stderr.")(f)
-    f = click.option("--traceback", is_flag=True, expose_value=False, callback=_set_traceback,
-                     is_eager=True, hidden=False,
-                     help="Show the Python traceback of an error (also XENRS_TRACEBACK=1).")(f)
-    return f
+    """``-q``, ``--traceback`` and ``-o/--output`` on every command."""
+
+    @functools.wraps(f)
+    def run(*args, output: str | None = None, **kwargs):
+        if output is None or output == "-":
+            return f(*args, **kwargs)
+        return _into_file(output, f, args, kwargs)
+
+    run = click.option("-o", "--output", metavar="FILE", default=None,
+                       help="Write the results to FILE instead of stdout, atomically: it is "
+                            "replaced only if the command succeeds (exit 0 or 1).")(run)
+    run = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                       is_eager=True, help="Silence warnings on stderr.")(run)
+    run = click.option("--traceback", is_flag=True, expose_value=False,
+                       callback=_set_traceback, is_eager=True,
+                       help="Show the Python traceback of an error (also XENRS_TRACEBACK=1).")(run)
+    return run
+
+
+class _Discard(Exception):
+    """A command that ran but failed (exit 2 or more): its output file must not appear."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _into_file(path: str, f: Callable, args, kwargs):
+    """Run the command with stdout sent to ``path`` through :func:`files.atomic_write`."""
+    from xenrs_cli.errors import UsageError
+    from xenrs_cli.files import atomic_write
+
+    saved = sys.stdout
+    try:
+        with atomic_write(path) as out:
+            sys.stdout = out
+            code = f(*args, **kwargs)
+            if isinstance(code, int) and code >= 2:
+                raise _Discard(code)
+    except _Discard as d:
+        return d.code
+    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as e:
+        raise UsageError(f"--output {path}: {e.strerror or e}") from None
+    finally:
+        sys.stdout = saved
+    return code
 
 
 def format_option(choices: tuple[str, ...] = ("table", "json", "csv")) -> Callable:
