@@ -228,3 +228,18 @@ def test_output_file_kept_on_a_finding_and_bad_directory_is_a_usage_error(runner
     assert r.exit_code == 1 and json.loads(out.read_text())["update_in_progress"] is True
     r = run(runner, "decode", p, "--gpa", "0", "-o", tmp_path / "no" / "such" / "dir.json")
     one_line_error(r, 2, "--output")
+
+
+@pytest.mark.parametrize("entry,needle", [
+    (10 + 5_000, "5000 ns behind state_entry_time (on Xen proper"),  # Xen: entry - creation
+    (10 - 3, "3 ns ahead of state_entry_time"),
+])
+def test_sum_rule_warning_says_which_way(runner, tmp_path, entry, needle):
+    data = bytearray(4096)
+    data[0:48] = struct.pack("<i4sQ4Q", 1, b"\0" * 4, entry, 4, 3, 2, 1)  # times sum to 10
+    p = tmp_path / "xen.raw"
+    p.write_bytes(bytes(data))
+    r = run(runner, "decode", p, "--gpa", "0", "--layout", "64", "--format", "json")
+    obj = json.loads(r.stdout)
+    assert obj["consistent"] is False and obj["time_sum"] == 10
+    assert any(needle in w for w in obj["warnings"]), obj["warnings"]

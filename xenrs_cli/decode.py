@@ -121,8 +121,16 @@ def _record_warnings(info: RunstateInfo, missing: frozenset[str]) -> list[str]:
     if "state_entry_time" not in missing and info.update_in_progress:
         out.append("XEN_RUNSTATE_UPDATE is set: the dump caught the hypervisor mid-update")
     if not missing & _SUM_FIELDS and not info.consistent:
-        diff = info.time_sum - info.state_entry_time
-        out.append(f"sum of time[] differs from state_entry_time by {diff:+d} ns")
+        behind = (info.state_entry_time - info.time_sum) % (1 << 64)
+        if behind < 1 << 63:
+            # Xen's vcpu_create() sets state_entry_time = NOW() with time[] zero, and
+            # vcpu_runstate_change() only adds deltas: on Xen proper the sum trails the entry
+            # time by the vCPU's creation time. KVM books that interval to offline (equal).
+            out.append(f"sum of time[] is {behind} ns behind state_entry_time (on Xen proper, "
+                       "the vCPU's creation time; KVM keeps them equal)")
+        else:
+            out.append(f"sum of time[] is {(1 << 64) - behind} ns ahead of state_entry_time "
+                       "(neither Xen nor KVM leaves that between updates)")
     return out
 
 
