@@ -53,6 +53,11 @@ class _Trace:
         self.records.append(Write(len(self.records), self.group, kind, gpa, offset, bytes(data),
                                   gpa // PAGE_SIZE - self.first_page, field, why))
 
+    def store_field(self, image: bytes, name: str, why: str) -> None:
+        """A single C assignment of field ``name``, with its bytes taken from ``image``."""
+        f = self.layout.field(name)
+        self.write("store", f.offset, image[f.offset:f.end], why)
+
     def copy_per_page(self, offset: int, data: bytes, why: str) -> None:
         """One ``copy`` per page the bytes touch, in ascending address order."""
         pos = 0
@@ -73,9 +78,10 @@ def _image(layout: Layout, info: RunstateInfo, entry_raw: int) -> bytes:
     return encode(layout, RunstateInfo(info.state, entry_raw, info.time, bytes(4)))
 
 
-def _field(layout: Layout, image: bytes, name: str) -> bytes:
-    f = layout.field(name)
-    return image[f.offset:f.end]
+def _images(layout: Layout, info: RunstateInfo) -> tuple[bytes, bytes]:
+    """The struct with XEN_RUNSTATE_UPDATE set in ``state_entry_time``, and without it."""
+    entry = info.state_entry_time
+    return _image(layout, info, entry | XEN_RUNSTATE_UPDATE), _image(layout, info, entry)
 
 
 def kvm_xen_update_runstate_guest(layout: Layout, gpa: int, info: RunstateInfo,
@@ -110,9 +116,9 @@ def kvm_xen_update_runstate_guest(layout: Layout, gpa: int, info: RunstateInfo,
     if len2 == 0:
         # Fast path: rs_state/rs_times point straight into the guest page; the 64-bit padding
         # (bytes 4..7) is never written.
-        t.write("store", 0, _field(layout, image, "state"), "*rs_state = vx->current_runstate")
-        t.write("store", times_ofs, _field(layout, image, "state_entry_time"),
-                "rs_times[0] = entry_time" + (" (XEN_RUNSTATE_UPDATE set)" if update_flag else ""))
+        t.store_field(image, "state", "*rs_state = vx->current_runstate")
+        flagged = " (XEN_RUNSTATE_UPDATE set)" if update_flag else ""
+        t.store_field(image, "state_entry_time", "rs_times[0] = entry_time" + flagged)
         t.write("copy", times_ofs + 8, image[layout.times_offset:],
                 "memcpy(rs_times + 1, vx->runstate_times, ...)")
     else:
@@ -148,18 +154,15 @@ def kvm_xen_update_runstate_guest_6_1(layout: Layout, gpa: int, info: RunstateIn
     if event == "register":
         return []
     t = _Trace(layout, gpa)
-    times_ofs = layout.entry_offset
-    entry = info.state_entry_time
-    flagged, final = _image(layout, info, entry | XEN_RUNSTATE_UPDATE), _image(layout, info, entry)
-    t.write("store", times_ofs, _field(layout, flagged, "state_entry_time"),
-            "user_times[0] = vx->runstate_entry_time | XEN_RUNSTATE_UPDATE")
+    flagged, final = _images(layout, info)
+    t.store_field(flagged, "state_entry_time",
+                  "user_times[0] = vx->runstate_entry_time | XEN_RUNSTATE_UPDATE")
     t.barrier()
-    t.write("store", 0, _field(layout, final, "state"), "*user_state = vx->current_runstate")
-    t.write("copy", times_ofs + 8, final[layout.times_offset:],
+    t.store_field(final, "state", "*user_state = vx->current_runstate")
+    t.write("copy", layout.times_offset, final[layout.times_offset:],
             "memcpy(user_times + 1, vx->runstate_times, ...)")
     t.barrier()
-    t.write("store", times_ofs, _field(layout, final, "state_entry_time"),
-            "user_times[0] &= ~XEN_RUNSTATE_UPDATE")
+    t.store_field(final, "state_entry_time", "user_times[0] &= ~XEN_RUNSTATE_UPDATE")
     t.barrier()
     return t.records
 
@@ -230,18 +233,15 @@ def update_runstate_area_phys(layout: Layout, gpa: int, info: RunstateInfo,
         # nothing.)
         return []
     t = _Trace(layout, gpa)
-    times_ofs = layout.entry_offset
-    entry = info.state_entry_time
-    flagged, final = _image(layout, info, entry | XEN_RUNSTATE_UPDATE), _image(layout, info, entry)
-    t.write("store", times_ofs, _field(layout, flagged, "state_entry_time"),
-            "write_atomic(pset, state_entry_time | XEN_RUNSTATE_UPDATE)")
+    flagged, final = _images(layout, info)
+    t.store_field(flagged, "state_entry_time",
+                  "write_atomic(pset, state_entry_time | XEN_RUNSTATE_UPDATE)")
     t.barrier()
     what = "XLAT_vcpu_runstate_info(cmap, &runstate)" if layout.name == "compat" else \
         "*map = runstate"
     t.write("copy", 0, flagged, f"{what}, XEN_RUNSTATE_UPDATE set")
     t.barrier()
-    t.write("store", times_ofs, _field(layout, final, "state_entry_time"),
-            "write_atomic(pset, state_entry_time)")
+    t.store_field(final, "state_entry_time", "write_atomic(pset, state_entry_time)")
     return t.records
 
 
