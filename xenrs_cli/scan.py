@@ -195,9 +195,6 @@ def _reading(space: AddressSpace, gpa: int, layout: Layout, threshold: int) -> R
     return None
 
 
-TWIN_OFFSET = LAYOUT_64.entry_offset - LAYOUT_COMPAT.entry_offset  # compat start = 64 start + 4
-
-
 def _arrays(hits: list[_Raw]) -> list[tuple[_Raw, int | None, int | None, int | None]]:
     """Each hit with ``(array_gpa, array_index, array_len)``: hits of one layout exactly one
     struct size apart form a per-vCPU array (``None`` for a lone hit)."""
@@ -427,9 +424,3 @@ class Scanner:
             d = decode_at(self.space, raw.gpa, raw.layout.name, allow_missing=True)
             self.stats.hits += 1
             yield Hit(d, agpa, aidx, alen, tuple(raw.notes), raw.twin)
-
-
-def scan(space: AddressSpace, options: ScanOptions = ScanOptions(),
-         progress: Progress | None = None) -> Iterator[Hit]:
-    """The hits of :class:`Scanner`, in GPA order (statistics discarded)."""
-    return Scanner(space, options, progress).hits()

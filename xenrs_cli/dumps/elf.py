@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from construct import (Bytes, Const, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub,
+from construct import (Bytes, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub,
                        Int64ul, Struct)
 
 from xenrs_cli.address_space import GPA_LIMIT, AddressSpace, LinearSegment, Segment, ZeroSegment
@@ -39,10 +39,6 @@ ET_NAMES = {0: "ET_NONE", 1: "ET_REL (an object file)", 2: "ET_EXEC (an executab
 MACHINES = {3: "EM_386", 62: "EM_X86_64", 40: "EM_ARM", 183: "EM_AARCH64", 21: "EM_PPC64",
             22: "EM_S390", 243: "EM_RISCV"}
 XEN_DUMP_CORE_SECTIONS = (".xen_pages", ".xen_p2m", ".xen_pfn")
-
-IDENT = Struct("magic" / Const(ELF_MAGIC), "ei_class" / Bytes(1), "ei_data" / Bytes(1),
-               "rest" / Bytes(10))
-
 
 @cache
 def structs(is64: bool, little: bool) -> dict[str, Struct]:

@@ -35,7 +35,6 @@ from xenrs_cli.files import MappedFile
 
 KDUMP_SIGNATURE = b"KDUMP   "
 DUMP_DH_COMPRESSED_INCOMPLETE = 0x8  # makedumpfile wrote an ENOSPC-truncated dump
-DUMP_DH_EXCLUDED_VMEMMAP = 0x10
 UTSNAME = Struct(*(name / Bytes(65) for name in
                    ("sysname", "nodename", "release", "version", "machine", "domainname")))
 
