@@ -11,9 +11,11 @@ import importlib
 import os
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from xenrs_cli.address_space import AddressSpace
+from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.errors import UsageError
 from xenrs_cli.files import MappedFile, open_readonly
 
@@ -43,6 +45,16 @@ class Dump:
     file: MappedFile
     variant: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Each vCPU's control registers, where the file records them (SPEC §8's CR3 and paging mode).
+    cpus: tuple[CpuState, ...] = ()
+    # vCPU -> GPA of the runstate area the guest registered, where the dump itself records it
+    # (a QEMU migration stream of a KVM Xen guest: vmstate ``xen_vcpu``); ``decode --vcpus``
+    # without ``--symbols`` uses it.
+    registered_runstate: dict[int, int] = field(default_factory=dict)
+    # Frame numbers found in the guest's page tables -> GPA frame numbers, where they differ (an
+    # ``xl dump-core`` of a PV guest: machine frames, translated through ``.xen_p2m``); ``None``
+    # where page-table entries hold GPAs already. Returns ``None`` for a frame the dump lacks.
+    frame_to_gpa: Callable[[int], int | None] | None = None
 
     @property
     def page_size(self) -> int:
