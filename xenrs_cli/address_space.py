@@ -76,6 +76,7 @@ class Segment:
     the segment, so a per-page format (kdump) can answer from one page descriptor.
     """
 
+    __slots__ = ()  # subclasses choose: a dump can have a million segments
     gpa: int
     size: int
 
@@ -111,23 +112,38 @@ class Segment:
         if run_status is not None:
             yield run_start, end - run_start, run_status
 
-    def read_span(self, rel: int, size: int, page_size: int = PAGE_SIZE) -> bytes | memoryview:
-        """Bytes of ``[rel, rel+size)`` across pages (zeros where not present), for scanning.
+    def read_span(self, rel: int, size: int, page_size: int = PAGE_SIZE) -> bytes:
+        """Bytes of ``[rel, rel+size)`` across pages (zeros where not present)."""
+        out = bytearray(size)
+        self.read_into(rel, memoryview(out), page_size)
+        return bytes(out)
+
+    def read_into(self, rel: int, out: memoryview, page_size: int = PAGE_SIZE) -> None:
+        """Fill ``out`` with segment bytes ``[rel, rel+len(out))`` (zeros where not present):
+        the bulk read ``scan`` streams a dump with, into one reused buffer.
 
         Formats with a cheaper bulk path override this; the default asks page by page.
         """
-        out = bytearray()
-        cur, end = rel, rel + size
+        cur, end = rel, rel + len(out)
         while cur < end:
             stop = min(end, ((self.gpa + cur) // page_size + 1) * page_size - self.gpa)
             status, _ = self.chunk(cur, stop - cur)
-            out += self.read(cur, stop - cur) if status is Status.PRESENT else bytes(stop - cur)
+            if status is Status.PRESENT:
+                out[cur - rel:stop - rel] = self.read(cur, stop - cur)
+            else:
+                out[cur - rel:stop - rel] = bytes(stop - cur)
             cur = stop
-        return bytes(out)
 
 
 class LinearSegment(Segment):
-    """Bytes stored contiguously in the file (raw image, ELF ``PT_LOAD`` file part)."""
+    """Bytes stored contiguously in the file (raw image, ELF ``PT_LOAD`` file part).
+
+    ``buf`` is anything that slices like ``bytes``; where it can also ``readinto`` (the dump
+    readers' :class:`~xenrs_cli.dumps.source.FileBytes`), bulk reads go straight into the
+    caller's buffer.
+    """
+
+    __slots__ = ("gpa", "size", "buf", "file_offset", "detail")
 
     def __init__(self, gpa: int, size: int, buf, file_offset: int, detail: str = "") -> None:
         self.gpa, self.size, self.buf, self.file_offset = gpa, size, buf, file_offset
@@ -140,10 +156,13 @@ class LinearSegment(Segment):
         start = self.file_offset + rel
         return bytes(self.buf[start:start + size])
 
-    def read_span(self, rel: int, size: int, page_size: int = PAGE_SIZE) -> memoryview:
-        """Zero-copy view of the stored bytes (for scanning)."""
+    def read_into(self, rel: int, out: memoryview, page_size: int = PAGE_SIZE) -> None:
         start = self.file_offset + rel
-        return memoryview(self.buf)[start:start + size]
+        readinto = getattr(self.buf, "readinto", None)
+        if readinto is not None:
+            readinto(start, out)
+        else:
+            out[:] = memoryview(self.buf)[start:start + len(out)]
 
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.PRESENT, self.file_offset, self.detail)
@@ -157,6 +176,8 @@ class LinearSegment(Segment):
 class ZeroSegment(Segment):
     """A range that reads as zeros but is not stored (ELF ``[p_filesz, p_memsz)``)."""
 
+    __slots__ = ("gpa", "size", "detail")
+
     def __init__(self, gpa: int, size: int, detail: str = "") -> None:
         self.gpa, self.size, self.detail = gpa, size, detail
 
@@ -165,6 +186,9 @@ class ZeroSegment(Segment):
 
     def read(self, rel: int, size: int) -> bytes:
         return bytes(size)
+
+    def read_into(self, rel: int, out: memoryview, page_size: int = PAGE_SIZE) -> None:
+        out[:] = bytes(len(out))
 
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.ZERO_FILLED, None, self.detail)

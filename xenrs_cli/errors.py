@@ -69,3 +69,13 @@ class UnmappedAddressError(InputError):
         self.gpa = gpa
         self.size = size
         self.status = status
+
+
+class DumpChangedError(BadDumpError):
+    """The dump shrank (or vanished) while xenrs was reading it: another process truncated or
+    rewrote it. Read through ``pread`` (never by touching a mapping, which would be killed by
+    ``SIGBUS``), a short read is seen and ends here."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__("the dump changed while being read (another process truncated or "
+                         "rewrote it)", offset=offset)

@@ -37,6 +37,14 @@ class MappedFile:
             self._file.close()
 
 
+def descriptor(mapped: MappedFile) -> int:
+    """The file descriptor under a mapping, for readers that ``pread`` instead of touching the
+    mapping (a mapping of a file another process truncates kills the reader with ``SIGBUS``)."""
+    if mapped._file is not None:
+        return mapped._file.fileno()
+    return sys.stdin.buffer.fileno()  # _open_stdin() maps a regular file on stdin in place
+
+
 def _map_fd(name: str, fd: int, size: int) -> mmap.mmap:
     try:
         return mmap.mmap(fd, size, access=mmap.ACCESS_READ)

@@ -6,8 +6,8 @@ tests them with numpy (passed in, so that importing it costs nothing):
 * :func:`streams` groups :meth:`AddressSpace.runs` into GPA-contiguous runs of readable bytes
   (``present`` or ``zero-filled``); ``excluded`` and ``absent`` ones end a stream.
 * :func:`windows` cuts a stream into cores of candidate starts, each with the ``REACH`` bytes
-  after it, so a record across a chunk, page or segment edge is seen whole and once; inside a
-  segment a window is a zero-copy view, only seams are copied.
+  after it, so a record across a chunk, page or segment edge is seen whole and once; each
+  window is read (``Segment.read_into``) into one reused buffer, in time linear in the spans.
 * :func:`entry_positions` and :func:`check_layout` apply SPEC §6's rules to a window.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from xenrs_cli.address_space import LinearSegment, Run, Segment, Status
+from xenrs_cli.address_space import Run, Status
 from xenrs_cli.layouts import LAYOUTS, XEN_RUNSTATE_UPDATE, Layout
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MAX_SIZE = max(l.size for l in LAYOUTS.values())
 REACH = MAX_SIZE - 1  # bytes past a start GPA that a record can touch
-SEAM = 4096  # the last bytes of a segment run, read by copy so the window can reach across
+SEAM = 4096  # slack callers size their window scratch with (a window is at most chunk + REACH)
 
 
 def streams(spans: Iterator[Run], stats: ScanStats,
@@ -65,62 +65,53 @@ def streams(spans: Iterator[Run], stats: ScanStats,
         yield stream
 
 
-def release(seg: Segment, rel: int, size: int) -> None:
-    """Unmap from this process the whole pages of a mapped file under segment bytes
-    ``[rel, rel+size)``, once a window has been scanned.
-
-    They stay in the page cache, but without this the resident set would grow by every byte
-    scanned (a 64 GiB dump would show as 64 GiB RSS). ``MADV_DONTNEED`` on a read-only file
-    mapping only drops page-table entries; a later read faults them back in. (``MADV_POPULATE_
-    READ`` before a window, to save the faults, was measured slower.) A hint: errors are
-    ignored.
-    """
-    import mmap
-
-    buf = getattr(seg, "buf", None)
-    if not isinstance(seg, LinearSegment) or not isinstance(buf, mmap.mmap):
-        return
-    start = seg.file_offset + rel
-    first = start - start % mmap.PAGESIZE
-    end = (start + size) - (start + size) % mmap.PAGESIZE  # the next window reads the last one
-    if end > first:
-        try:
-            buf.madvise(mmap.MADV_DONTNEED, first, end - first)
-        except OSError:
-            pass
+def _fill(stream: list[Run], i: int, a: int, out: memoryview) -> int:
+    """Fill ``out`` with stream bytes from GPA ``a`` (stored bytes, zeros for zero-filled
+    ones), starting the search at span ``i``; returns the first span that reaches past ``a``,
+    where the next (later) read starts: a stream is walked once, whatever its span count."""
+    while stream[i].end <= a:
+        i += 1
+    j, pos, b = i, a, a + len(out)
+    while pos < b:
+        sp = stream[j]
+        hi = min(b, sp.end)
+        part = out[pos - a:hi - a]
+        if sp.status is Status.PRESENT:
+            sp.seg.read_into(pos - sp.seg.gpa, part)
+        else:
+            part[:] = bytes(hi - pos)
+        pos = hi
+        j += 1
+    return i
 
 
 def read_stream(stream: list[Run], a: int, b: int) -> bytes:
     """Bytes ``[a, b)`` of a stream (a copy): stored bytes, zeros for zero-filled ones."""
-    out = bytearray()
-    for sp in stream:
-        lo, hi = max(a, sp.gpa), min(b, sp.end)
-        if lo >= hi:
-            continue
-        if sp.status is Status.PRESENT:
-            out += sp.seg.read_span(lo - sp.seg.gpa, hi - lo)
-        else:
-            out += bytes(hi - lo)
+    out = bytearray(b - a)
+    if b > a:
+        _fill(stream, 0, a, memoryview(out))
     return bytes(out)
 
 
 def windows(stream: list[Run], chunk: int) -> Iterator[tuple[int, int, Any]]:
     """``(gpa, core_len, buffer)``: candidate starts ``[gpa, gpa+core_len)``, bytes
-    ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream)."""
-    end = stream[-1].end
-    for sp in stream:
-        cur = sp.gpa
-        if sp.status is Status.PRESENT:
-            # Zero-copy cores: their window ends inside this span (SEAM >= REACH).
-            stop = sp.end - SEAM
-            while cur < stop:
-                n = min(chunk, stop - cur)
-                yield cur, n, sp.seg.read_span(cur - sp.seg.gpa, n + REACH)
-                release(sp.seg, cur - sp.seg.gpa, n)
-                cur += n
-        if cur < sp.end:
-            # The seam: copied, so that the window reaches into the next span(s).
-            yield cur, sp.end - cur, read_stream(stream, cur, min(end, sp.end + REACH))
+    ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream).
+
+    Every window is read into one buffer, reused for the whole stream (the caller is done with
+    a window before it asks for the next): a segment's bytes arrive by one ``pread`` (raw, ELF)
+    or one batch of pages (kdump), whatever the number of spans they come from, and nothing of
+    the dump stays mapped or resident after it is scanned. Consecutive windows overlap by
+    ``REACH`` bytes only, so a record across any edge is seen whole in exactly one core.
+    """
+    start, end = stream[0].gpa, stream[-1].end
+    out = memoryview(bytearray(min(chunk + REACH, end - start)))
+    cur, i = start, 0
+    while cur < end:
+        core = min(chunk, end - cur)
+        size = min(end, cur + core + REACH) - cur
+        i = _fill(stream, i, cur, out[:size])
+        yield cur, core, out[:size]
+        cur += core
 
 
 # ---------------------------------------------------------------------------------------------

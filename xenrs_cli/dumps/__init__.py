@@ -103,7 +103,11 @@ def open_dump(spec: str, fmt: str = "auto") -> Dump:
         raise UsageError(f"unknown dump format {fmt!r} (choose from auto, {', '.join(FORMATS)})")
     mapped = open_readonly(path)
     try:
-        name = fmt if fmt != "auto" else detect(mapped.buf)
+        # Sniffed through pread, like everything the readers read: a mapping's page past a
+        # concurrent truncation would be SIGBUS (see dumps/source.py).
+        from xenrs_cli.dumps import source
+
+        name = fmt if fmt != "auto" else detect(source.of(mapped))
         if base is not None and name != "raw":
             raise UsageError(f"{path}: @0x{base:x} sets the base of a raw image, "
                              f"but this is a {name} dump whose GPAs are in the file")

@@ -38,17 +38,33 @@ def codec_of(flags: int) -> int:
 
 @cache
 def decompressor(codec: int) -> Decompressor:
-    """The decompressor of one codec bit; raises :class:`MissingCodecError` if not installed."""
+    """The decompressor of one codec bit; raises :class:`MissingCodecError` if not installed.
+
+    Each writes at most one page: a page of a few KiB can claim gigabytes (a zstd frame of RLE
+    blocks, a zlib stream of zeros, a snappy length prefix), so the output is bounded before
+    anything is allocated, as makedumpfile bounds it by passing a one-page buffer.
+    """
     if codec == ZLIB:
         import zlib
 
-        return lambda data, size: zlib.decompress(data, bufsize=size)
+        def inflate(data, size: int) -> bytes:
+            d = zlib.decompressobj()
+            # max_length: never more than a page and a byte out (the byte lets inflate reach
+            # the stream's end after a whole page; a longer stream stops there and is refused)
+            page = d.decompress(data, size + 1)
+            if len(page) > size or not d.eof:
+                raise ValueError("the zlib stream does not end within one page")
+            return page
+
+        return inflate
     if codec == LZO:
         try:
             import lzallright
         except ImportError:
             raise MissingCodecError("lzo", INSTALL) from None
-        # Raw lzo1x_1 output without a header (QEMU/makedumpfile lzo1x_1_compress).
+        # Raw lzo1x_1 output without a header (QEMU/makedumpfile lzo1x_1_compress). LZO cannot
+        # bound its output, but it expands at most ~255x (a length byte of zeros per 255) and
+        # the caller allows one page in: 64 MiB at the largest block size.
         lzo = lzallright.LZOCompressor()
         return lambda data, size: lzo.decompress(data, output_size_hint=size)
     if codec in (SNAPPY, ZSTD):
@@ -56,9 +72,19 @@ def decompressor(codec: int) -> Decompressor:
             import cramjam
         except ImportError:
             raise MissingCodecError(NAMES[codec], INSTALL) from None
-        if codec == SNAPPY:  # a raw snappy block (snappy_compress), not the framing format
-            return lambda data, size: bytes(cramjam.snappy.decompress_raw(data))
-        return lambda data, size: bytes(cramjam.zstd.decompress(data, output_len=size))
+        # Both write into a buffer of one page and fail rather than grow it (snappy checks the
+        # block's length prefix first; zstd stops when the buffer is full).
+        into = (cramjam.snappy.decompress_raw_into if codec == SNAPPY  # a raw snappy block
+                else cramjam.zstd.decompress_into)
+
+        def bounded(data, size: int) -> bytes:
+            out = bytearray(size)
+            n = into(bytes(data), out)
+            if n != size:
+                raise ValueError(f"the page decompresses to {n} bytes, not {size}")
+            return bytes(out)
+
+        return bounded
     raise ValueError(f"no codec for flags 0x{codec:x}")
 
 

@@ -16,6 +16,7 @@ wrote read as zeros.
 from __future__ import annotations
 
 import bisect
+from array import array
 
 from construct import Bytes, Int64sb, Struct
 
@@ -36,8 +37,16 @@ def sniff(buf) -> bool:
     return bytes(buf[:16]) == SIGNATURE.ljust(16, b"\0")
 
 
+WALK_BLOCK = 1 << 20  # stream bytes read at a time while walking the record headers
+
+
 class FlatFile:
-    """The plain file a flattened stream describes: ``len()``, slicing, and stream offsets."""
+    """The plain file a flattened stream describes: ``len()``, slicing, ``readinto``, stream
+    offsets, and :meth:`data_ranges` (the parts some record wrote; the rest reads as zeros).
+
+    The record index is three ``array('q')`` (24 bytes a record, not a tuple of ints each):
+    QEMU writes a record per 16 KiB, so a big guest's stream has millions.
+    """
 
     def __init__(self, buf, size: int) -> None:
         self.buf = buf
@@ -45,49 +54,99 @@ class FlatFile:
         if (head.type, head.version) != (TYPE_FLAT_HEADER, VERSION_FLAT_HEADER):
             raise BadDumpError(f"flattened header with type {head.type}, version "
                                f"{head.version} (expected 1, 1)", offset=16)
-        records = self._records(buf, size)
-        self._dst, self._src, self._len = _resolve(records)
-        self.size = max((d + n for d, _, n in records), default=0)
-        self.records = len(records)
+        dst, src, lens, self.records = self._records(buf, size)
+        self._dst, self._src, self._len = _resolve(dst, src, lens)
+        # makedumpfile -R writes each record at its offset: a zero-length record writes nothing
+        # and so does not extend the file (its offset is not a size to believe).
+        self.size = max((d + n for d, n in zip(self._dst, self._len)), default=0)
 
     @staticmethod
-    def _records(buf, size: int) -> list[tuple[int, int, int]]:
-        """``(plain offset, stream offset, size)`` of every record, in stream order."""
+    def _records(buf, size: int) -> tuple[array, array, array, int]:
+        """Plain offset, stream offset and size of every record that has bytes, in stream
+        order, and the number of records (zero-length ones included)."""
         step = _RECORD.size
-        out = []
+        dst, src, lens = array("q"), array("q"), array("q")
+        count = 0
         cur = HEADER_SIZE
+        block, block_at = b"", 0
         while True:
             if cur + step > size:
                 raise BadDumpError("flattened stream ends without its end marker "
                                    "(truncated dump?)", offset=cur)
-            offset, length = _RECORD.unpack_from(buf, cur)
+            if not block_at <= cur <= block_at + len(block) - step:
+                block_at, block = cur, buf[cur:min(size, cur + WALK_BLOCK)]
+            offset, length = _RECORD.unpack_from(block, cur - block_at)
             if offset == END_FLAG and length == END_FLAG:
-                return out
+                return dst, src, lens, count
             if offset < 0 or length < 0:
                 raise BadDumpError(f"flattened record with offset {offset}, size {length}",
                                    offset=cur)
             if cur + step + length > size:
                 raise BadDumpError(f"flattened record of {length} bytes runs past the end of "
                                    "the file (truncated dump?)", offset=cur)
-            out.append((offset, cur + step, length))
+            if length:
+                dst.append(offset)
+                src.append(cur + step)
+                lens.append(length)
+            count += 1
             cur += step + length
 
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, key: slice) -> bytes:
+    def __getitem__(self, key):
+        if not isinstance(key, slice):
+            return self[key:key + 1][0]
         start, stop, _ = key.indices(self.size)
         if stop <= start:
             return b""
         out = bytearray(stop - start)  # unwritten bytes are zeros, as in makedumpfile -R
-        i = max(0, bisect.bisect_right(self._dst, start) - 1)
-        while i < len(self._dst) and self._dst[i] < stop:
-            lo, hi = max(start, self._dst[i]), min(stop, self._dst[i] + self._len[i])
-            if lo < hi:
-                src = self._src[i] + lo - self._dst[i]
-                out[lo - start:hi - start] = self.buf[src:src + hi - lo]
-            i += 1
+        self.readinto(start, memoryview(out))
         return bytes(out)
+
+    def readinto(self, start: int, out: memoryview) -> None:
+        """Fill ``out`` with the plain bytes at ``start`` (zeros where no record wrote)."""
+        stop = start + len(out)
+        i = max(0, bisect.bisect_right(self._dst, start) - 1)
+        cur = start
+        while cur < stop:
+            if i < len(self._dst) and self._dst[i] < stop:
+                lo, hi = max(cur, self._dst[i]), min(stop, self._dst[i] + self._len[i])
+                if lo < hi:
+                    if lo > cur:
+                        out[cur - start:lo - start] = bytes(lo - cur)
+                    src = self._src[i] + lo - self._dst[i]
+                    self._read(src, out[lo - start:hi - start])
+                    cur = hi
+                i += 1
+            else:
+                out[cur - start:] = bytes(stop - cur)
+                cur = stop
+
+    def _read(self, offset: int, out: memoryview) -> None:
+        readinto = getattr(self.buf, "readinto", None)
+        if readinto is not None:
+            readinto(offset, out)
+        else:
+            out[:] = self.buf[offset:offset + len(out)]
+
+    def data_ranges(self, lo: int, hi: int):
+        """Subranges of plain ``[lo, hi)`` that some record wrote (merged where adjacent)."""
+        i = max(0, bisect.bisect_right(self._dst, lo) - 1)
+        run = None
+        while i < len(self._dst) and self._dst[i] < hi:
+            a, b = max(lo, self._dst[i]), min(hi, self._dst[i] + self._len[i])
+            i += 1
+            if a >= b:
+                continue
+            if run is not None and run[1] == a:
+                run = (run[0], b)
+                continue
+            if run is not None:
+                yield run
+            run = (a, b)
+        if run is not None:
+            yield run
 
     def file_offset(self, offset: int, size: int) -> int | None:
         """Stream offset of plain bytes ``[offset, offset+size)`` if one record holds them all."""
@@ -97,19 +156,35 @@ class FlatFile:
         return None
 
 
-def _resolve(records: list[tuple[int, int, int]]) -> tuple[list[int], list[int], list[int]]:
+def _order(dst: array) -> list[int] | range:
+    """Record numbers sorted by plain offset, a later record first among equal offsets."""
+    n = len(dst)
+    if all(dst[k] < dst[k + 1] for k in range(n - 1)):
+        return range(n)  # makedumpfile's streams: already in order
+    # QEMU's interleaves a few increasing sequences (page descriptors and page data are flushed
+    # in turns): sort by plain offset, later records first (as -R lets them win).
+    return sorted(range(n), key=lambda k: (dst[k], -k))
+
+
+def _resolve(dst: array, src: array, lens: array) -> tuple[array, array, array]:
     """Non-overlapping runs sorted by plain offset, later records winning (as ``-R`` writes)."""
-    runs = sorted((d, -k, s, n) for k, (d, s, n) in enumerate(records) if n)
-    if all(a[0] + a[3] <= b[0] for a, b in zip(runs, runs[1:])):
-        return [r[0] for r in runs], [r[2] for r in runs], [r[3] for r in runs]
+    order = _order(dst)
+    sd = array("q", (dst[k] for k in order))
+    ss = array("q", (src[k] for k in order))
+    sl = array("q", (lens[k] for k in order))
+    del order
+    if all(sd[k] + sl[k] <= sd[k + 1] for k in range(len(sd) - 1)):
+        return sd, ss, sl
     # Rare: overlapping records. Paint them newest first, keeping only uncovered parts.
     starts: list[int] = []
     pieces: dict[int, tuple[int, int]] = {}
-    for d, s, n in reversed(records):
+    for k in reversed(range(len(dst))):
+        d, s, n = dst[k], src[k], lens[k]
         for lo, hi in list(_uncovered(starts, pieces, d, d + n)):
             bisect.insort(starts, lo)
             pieces[lo] = (s + lo - d, hi - lo)
-    return starts, [pieces[x][0] for x in starts], [pieces[x][1] for x in starts]
+    return (array("q", starts), array("q", (pieces[x][0] for x in starts)),
+            array("q", (pieces[x][1] for x in starts)))
 
 
 def _uncovered(starts: list[int], pieces: dict[int, tuple[int, int]], lo: int, hi: int):

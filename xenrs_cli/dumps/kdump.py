@@ -18,7 +18,9 @@ in a 64-bit and a 32-bit variant (``timeval`` of 16 or 8 bytes): no field names 
 
 from __future__ import annotations
 
+import bisect
 import re
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,8 +28,8 @@ from typing import Any
 
 from construct import Bytes, Int32sl, Int32ul, Int64sl, Int64ul, Struct
 
-from xenrs_cli.address_space import PAGE_SIZE, AddressSpace, Extent, Segment, Status
-from xenrs_cli.dumps import Dump, codecs, flattened
+from xenrs_cli.address_space import GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, Segment, Status
+from xenrs_cli.dumps import Dump, codecs, flattened, source
 from xenrs_cli.binary import compiled, parse
 from xenrs_cli.dumps.elf import parse_notes, summarise_notes
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
@@ -82,36 +84,119 @@ def sniff(buf) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Bitmaps
 
+SCAN_BYTES = 1 << 20  # bitmap bytes read and counted at a time
+
+
+class Bitmap:
+    """A bitmap of ``length`` bytes at ``at`` of the plain file, read a piece at a time.
+
+    Never copied whole: a header may claim 2^36 PFNs (an 8 GiB bitmap) that the file holds as
+    a hole. Slicing reads just the slice; :meth:`data_ranges` names the parts that may hold set
+    bits (the rest of a sparse file, or of a flattened stream no record wrote, is zeros).
+    """
+
+    def __init__(self, data, at: int, length: int) -> None:
+        self.data, self.at, self.length = data, at, length
+        self._block = (-1, b"")  # the last RANK_BLOCK read: (block number, bytes)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.length)
+            if stop <= start:
+                return b""
+            k = start // RANK_BLOCK
+            if stop <= (k + 1) * RANK_BLOCK:  # within one block: served from the last one
+                if self._block[0] != k:
+                    lo = k * RANK_BLOCK
+                    self._block = (k, bytes(self.data[self.at + lo:
+                                                      self.at + min(lo + RANK_BLOCK, self.length)]))
+                return self._block[1][start - k * RANK_BLOCK:stop - k * RANK_BLOCK]
+            return bytes(self.data[self.at + start:self.at + stop])
+        return self[key:key + 1][0]
+
+    def data_ranges(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        for a, b in self.data.data_ranges(self.at + lo, self.at + hi):
+            yield a - self.at, b - self.at
+
+
+def _data_ranges(bitmap, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """Byte ranges of ``[lo, hi)`` that may hold set bits, in pieces of ``SCAN_BYTES``."""
+    ranges = bitmap.data_ranges(lo, hi) if hasattr(bitmap, "data_ranges") else [(lo, hi)]
+    for a, b in ranges:
+        for c in range(a, b, SCAN_BYTES):
+            yield c, min(b, c + SCAN_BYTES)
+
+
+def popcount(bitmap, lo: int, hi: int) -> int:
+    """Set bits in bits ``[lo, hi)``, reading only the parts of the bitmap that hold data."""
+    if lo >= hi:
+        return 0
+    first, last = lo >> 3, (hi + 7) >> 3
+    total = 0
+    for a, b in _data_ranges(bitmap, first, last):
+        value = int.from_bytes(bitmap[a:b], "little")
+        if a == first:
+            value >>= lo & 7
+            value <<= lo & 7
+        if b == last and hi & 7:
+            value &= (1 << (8 * (b - a) - (8 - (hi & 7)))) - 1
+        total += value.bit_count()
+    return total
+
 
 class Rank:
     """Set bits of a bitmap below a bit, from lazily built per-block prefix counts.
 
     The last answer is kept: a query after it in the same block counts only the bits between
-    (``scan`` and ``info`` walk PFNs in order, one query per page).
+    (``info`` and ``decode`` walk PFNs in order, one query per page). The prefix counts are an
+    ``array`` (8 bytes a block of 32768 PFNs), filled past holes without reading them.
     """
 
     def __init__(self, bitmap) -> None:
         self.bitmap = bitmap
-        self._prefix = [0]  # _prefix[i] = set bits in blocks < i
+        self._prefix = array("q", [0])  # _prefix[i] = set bits in blocks < i
         self._last = (0, 0)  # (bit, rank) of the previous query
+
+    def _extend(self, block: int) -> None:
+        """Count blocks up to ``block``, 256 at a time, reading only where there is data."""
+        prefix, bitmap = self._prefix, self.bitmap
+        nblocks = -(-len(bitmap) // RANK_BLOCK)
+        want = min(block, nblocks)
+        while len(prefix) <= want:
+            k = len(prefix) - 1  # the next block to count
+            kend = min(nblocks, k + SCAN_BYTES // RANK_BLOCK)
+            counts = [0] * (kend - k)
+            for a, b in _data_ranges(bitmap, k * RANK_BLOCK, min(kend * RANK_BLOCK, len(bitmap))):
+                chunk, j = bitmap[a:b], a
+                while j < b:
+                    e = min(b, (j // RANK_BLOCK + 1) * RANK_BLOCK)
+                    counts[j // RANK_BLOCK - k] += int.from_bytes(chunk[j - a:e - a],
+                                                                  "little").bit_count()
+                    j = e
+            run = prefix[-1]
+            for c in counts:
+                run += c
+                prefix.append(run)
+        while len(prefix) <= block:  # past the bitmap: nothing more is set
+            prefix.append(prefix[-1])
 
     def __call__(self, bit: int) -> int:
         block = bit // (8 * RANK_BLOCK)
-        prefix = self._prefix
-        while len(prefix) <= block:
-            k = len(prefix) - 1
-            chunk = self.bitmap[k * RANK_BLOCK:(k + 1) * RANK_BLOCK]
-            prefix.append(prefix[-1] + int.from_bytes(chunk, "little").bit_count())
+        if len(self._prefix) <= block:
+            self._extend(block)
         last_bit, last_rank = self._last
         if last_bit <= bit and last_bit // (8 * RANK_BLOCK) == block:
             rank = last_rank + self._count(last_bit, bit)
         else:
-            rank = prefix[block] + self._count(block * 8 * RANK_BLOCK, bit)
+            rank = self._prefix[block] + self._count(block * 8 * RANK_BLOCK, bit)
         self._last = (bit, rank)
         return rank
 
     def _count(self, lo: int, hi: int) -> int:
-        """Set bits in ``[lo, hi)``."""
+        """Set bits in ``[lo, hi)`` (within one block)."""
         if lo >= hi:
             return 0
         value = int.from_bytes(self.bitmap[lo >> 3:(hi + 7) >> 3], "little") >> (lo & 7)
@@ -119,26 +204,28 @@ class Rank:
 
 
 def bit_runs(bitmap, lo: int, hi: int) -> Iterator[tuple[int, int]]:
-    """Maximal runs ``[start, end)`` of set bits within bits ``[lo, hi)`` (LSB first)."""
+    """Maximal runs ``[start, end)`` of set bits within bits ``[lo, hi)`` (LSB first), reading
+    the bitmap a piece at a time and only where it holds data."""
     start = end = None
-    first, last = lo >> 3, (hi + 7) >> 3
-    for m in re.finditer(rb"\xff+|[\x01-\xfe]", bitmap[first:last]):
-        a, b = m.span()
-        if m.end() - m.start() > 1 or bitmap[first + a] == 0xFF:
-            bits = [((first + a) * 8, (first + b) * 8)]
-        else:
-            value, base = bitmap[first + a], (first + a) * 8
-            bits = [(base + i, base + i + 1) for i in range(8) if value >> i & 1]
-        for s, e in bits:
-            s, e = max(s, lo), min(e, hi)
-            if s >= e:
-                continue
-            if end == s:
-                end = e
+    for first, last in _data_ranges(bitmap, lo >> 3, (hi + 7) >> 3):
+        chunk = bitmap[first:last]
+        for m in re.finditer(rb"\xff+|[\x01-\xfe]", chunk):
+            a, b = m.span()
+            if b - a > 1 or chunk[a] == 0xFF:
+                bits = [((first + a) * 8, (first + b) * 8)]
             else:
-                if start is not None:
-                    yield start, end
-                start, end = s, e
+                value, base = chunk[a], (first + a) * 8
+                bits = [(base + i, base + i + 1) for i in range(8) if value >> i & 1]
+            for s, e in bits:
+                s, e = max(s, lo), min(e, hi)
+                if s >= e:
+                    continue
+                if end == s:
+                    end = e
+                else:
+                    if start is not None:
+                        yield start, end
+                    start, end = s, e
     if start is not None:
         yield start, end
 
@@ -154,6 +241,10 @@ class PageDesc:
     flags: int
 
 
+GROUP_GAP = 1 << 16  # page data this close together is read in one pread
+PARALLEL_PAGES = 64  # a batch of fewer compressed pages is decompressed on this thread
+
+
 class Pages:
     """Page descriptors and page data of one kdump file (shared by its segments)."""
 
@@ -163,10 +254,27 @@ class Pages:
         self.bitmap1, self.bitmap2 = bitmap1, bitmap2
         self.rank = Rank(bitmap2)
         self.desc_at, self.incomplete = desc_at, incomplete
+        # decode's random reads only (a record spans at most two pages); bulk reads bypass it
         self._cache: OrderedDict[int, bytes] = OrderedDict()
 
     def dumped(self, pfn: int) -> bool:
         return bool(self.bitmap2[pfn >> 3] >> (pfn & 7) & 1)
+
+    def _check(self, pfn: int, at: int, offset: int, size: int, flags: int) -> PageDesc:
+        desc = PageDesc(offset, size, flags)
+        if self.lost(desc):
+            return desc
+        # crash diskdump.c cache_page(): "pd.size > block_size" is corrupt; makedumpfile and
+        # QEMU store a page compressed only when that is smaller than the page.
+        if (offset < 0 or size > self.bs
+                or (not flags & codecs.COMPRESSED and size != self.bs)):
+            raise BadDumpError(f"corrupt page descriptor of PFN 0x{pfn:x} (offset "
+                               f"0x{offset:x}, size {size}, flags 0x{flags:x})", offset=at)
+        if offset + size > len(self.data):
+            raise BadDumpError(f"corrupt page descriptor of PFN 0x{pfn:x}: its data (offset "
+                               f"0x{offset:x}, {size} bytes) runs past the end of the file at "
+                               f"0x{len(self.data):x} (truncated dump?)", offset=at)
+        return desc
 
     def desc(self, pfn: int, index: int | None = None) -> PageDesc:
         at = self.desc_at + DESC_SIZE * (self.rank(pfn) if index is None else index)
@@ -175,15 +283,7 @@ class Pages:
             raise BadDumpError(f"page descriptor of PFN 0x{pfn:x} is past the end of the file "
                                "(truncated dump?)", offset=at)
         offset, size, flags, _ = _DESC.unpack(raw)
-        desc = PageDesc(offset, size, flags)
-        if not self.lost(desc) and (desc.offset < 0 or desc.size > 2 * self.bs
-                                    or desc.offset + desc.size > len(self.data)
-                                    or (not desc.flags & codecs.COMPRESSED
-                                        and desc.size != self.bs)):
-            raise BadDumpError(f"corrupt page descriptor of PFN 0x{pfn:x} (offset "
-                               f"0x{desc.offset:x}, size {desc.size}, flags 0x{desc.flags:x})",
-                               offset=at)
-        return desc
+        return self._check(pfn, at, offset, size, flags)
 
     def lost(self, desc: PageDesc) -> bool:
         """A page makedumpfile could not write (``DUMP_DH_COMPRESSED_INCOMPLETE``)."""
@@ -199,6 +299,15 @@ class Pages:
             return Status.PRESENT, None
         return Status.PRESENT, self.file_offset(desc.offset + in_page, size)
 
+    def _decode(self, pfn: int, desc: PageDesc, data) -> bytes:
+        codec = codecs.codec_of(desc.flags)
+        if not codec:
+            return bytes(data)
+        try:
+            return codecs.decompress(codec, data, self.bs)
+        except ValueError as e:
+            raise BadDumpError(f"page of PFN 0x{pfn:x}: {e}", offset=desc.offset) from None
+
     def page(self, pfn: int, index: int | None = None) -> bytes:
         """The page of a dumped PFN (zeros for a lost one), decompressed and cached."""
         cached = self._cache.get(pfn)
@@ -208,17 +317,103 @@ class Pages:
         desc = self.desc(pfn, index)
         if self.lost(desc):
             return bytes(self.bs)
-        data = bytes(self.data[desc.offset:desc.offset + desc.size])
-        codec = codecs.codec_of(desc.flags)
-        if codec:
-            try:
-                data = codecs.decompress(codec, data, self.bs)
-            except ValueError as e:
-                raise BadDumpError(f"page of PFN 0x{pfn:x}: {e}", offset=desc.offset) from None
+        data = self._decode(pfn, desc, self.data[desc.offset:desc.offset + desc.size])
         self._cache[pfn] = data
         if len(self._cache) > PAGE_CACHE:
             self._cache.popitem(last=False)
         return data
+
+    def read_pages(self, first: int, count: int, out: memoryview) -> None:
+        """Pages ``[first, first+count)`` into ``out`` (``count`` pages long): zeros where a
+        page is excluded or lost. The bulk path ``scan`` takes: the 2nd bitmap and the
+        descriptors of the run in one read each, the page data in a few large reads, and the
+        pages decompressed on every core (zlib, LZO, snappy and zstd release the GIL)."""
+        bs = self.bs
+        bits = int.from_bytes(self.bitmap2[first >> 3:(first + count + 7) >> 3], "little")
+        bits >>= first & 7
+        dumped = [k for k in range(count) if bits >> k & 1]
+        if len(dumped) < count:
+            zero = bytes(bs)
+            for k in set(range(count)).difference(dumped):
+                out[k * bs:(k + 1) * bs] = zero
+        if not dumped:
+            return
+        index = self.rank(first + dumped[0])
+        at = self.desc_at + DESC_SIZE * index
+        table = self.data[at:at + DESC_SIZE * len(dumped)]
+        if len(table) < DESC_SIZE * len(dumped):
+            raise BadDumpError(f"page descriptors of PFNs 0x{first:x}-0x{first + count - 1:x} "
+                               "are past the end of the file (truncated dump?)", offset=at)
+        jobs = []  # (k, desc)
+        for n, (k, (offset, size, flags, _)) in enumerate(zip(dumped, _DESC.iter_unpack(table))):
+            desc = self._check(first + k, at + DESC_SIZE * n, offset, size, flags)
+            if self.lost(desc):
+                out[k * bs:(k + 1) * bs] = bytes(bs)
+            else:
+                jobs.append((k, desc))
+        blobs = self._fetch([d for _, d in jobs])
+        work = [(k, d, blobs(d)) for k, d in jobs]
+
+        def run(part) -> None:
+            for k, d, blob in part:
+                out[k * bs:(k + 1) * bs] = self._decode(first + k, d, blob)
+
+        compressed = sum(1 for _, d, _ in work if d.flags & codecs.COMPRESSED)
+        workers = _workers()
+        if compressed < PARALLEL_PAGES or workers is None:
+            run(work)
+            return
+        n = workers._max_workers
+        for f in [workers.submit(run, work[i::n]) for i in range(n)]:
+            f.result()
+
+    def _fetch(self, descs: list[PageDesc]):
+        """The stored bytes of each descriptor, read in as few large reads as they allow: a
+        function from a descriptor to a view of its bytes."""
+        spans = sorted({(d.offset, d.offset + d.size) for d in descs})
+        groups: list[tuple[int, int]] = []
+        for lo, hi in spans:
+            if groups and lo <= groups[-1][1] + GROUP_GAP:
+                groups[-1] = (groups[-1][0], max(groups[-1][1], hi))
+            else:
+                groups.append((lo, hi))
+        starts = [g[0] for g in groups]
+        views = [memoryview(self._read(lo, hi - lo)) for lo, hi in groups]
+
+        def blob(d: PageDesc):
+            g = bisect.bisect_right(starts, d.offset) - 1
+            rel = d.offset - starts[g]
+            return views[g][rel:rel + d.size]
+
+        return blob
+
+    def _read(self, offset: int, size: int):
+        out = bytearray(size)
+        readinto = getattr(self.data, "readinto", None)
+        if readinto is not None:
+            readinto(offset, memoryview(out))
+        else:
+            out[:] = self.data[offset:offset + size]
+        return out
+
+
+_POOL: list = []
+
+
+def _workers():
+    """A thread pool of one worker per core (``None`` on one core), made on first use."""
+    if not _POOL:
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        if cores < 2:
+            _POOL.append(None)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL.append(ThreadPoolExecutor(max_workers=cores, thread_name_prefix="xenrs-page"))
+    return _POOL[0]
 
 
 class KdumpSegment(Segment):
@@ -238,20 +433,28 @@ class KdumpSegment(Segment):
             return bytes(size)
         return self.pages.page(self.pfn + pfn)[in_page:in_page + size]
 
-    def read_span(self, rel: int, size: int, page_size: int = PAGE_SIZE) -> bytes:
-        """Bulk read for ``scan``: one rank lookup, then consecutive descriptors."""
-        bs, out = self.pages.bs, bytearray()
-        first, last = rel // bs, (rel + size - 1) // bs
-        index = None
-        for k in range(first, last + 1):
-            pfn = self.pfn + k
-            if self.pages.dumped(pfn):
-                index = self.pages.rank(pfn) if index is None else index + 1
-                out += self.pages.page(pfn, index)
-            else:
-                out += bytes(bs)
-        skip = rel - first * bs
-        return bytes(out[skip:skip + size])
+    def read_into(self, rel: int, out: memoryview, page_size: int = PAGE_SIZE) -> None:
+        """Bulk read for ``scan``: whole pages straight into ``out`` where it is page-aligned,
+        the partial first and last pages through a small buffer."""
+        bs, size = self.pages.bs, len(out)
+        if size == 0:
+            return
+        first, last = rel // bs, (rel + size - 1) // bs + 1
+        head = rel - first * bs
+        if head == 0 and size == (last - first) * bs:
+            self.pages.read_pages(self.pfn + first, last - first, out)
+            return
+        whole_lo, whole_hi = first + (head > 0), (rel + size) // bs
+        if whole_lo < whole_hi:
+            self.pages.read_pages(self.pfn + whole_lo, whole_hi - whole_lo,
+                                  out[whole_lo * bs - rel:whole_hi * bs - rel])
+        for k in {first, last - 1}:
+            if whole_lo <= k < whole_hi:
+                continue
+            page = bytearray(bs)
+            self.pages.read_pages(self.pfn + k, 1, memoryview(page))
+            lo, hi = max(rel, k * bs), min(rel + size, (k + 1) * bs)
+            out[lo - rel:hi - rel] = page[lo - k * bs:hi - k * bs]
 
     def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
                     ) -> Iterator[tuple[int, int, Status]]:
@@ -318,25 +521,22 @@ def _geometry(h, sub, size: int) -> tuple[int, int, int]:
     if max_mapnr > bitmap_len * 8:
         raise BadDumpError(f"kdump header: max_mapnr 0x{max_mapnr:x} needs more bitmap than "
                            f"bitmap_blocks {h.bitmap_blocks} hold", offset=0)
+    if max_mapnr * bs > GPA_LIMIT:
+        raise BadDumpError(f"kdump header: max_mapnr 0x{max_mapnr:x} pages of {bs} bytes reach "
+                           "beyond 2^52, above any guest-physical address", offset=0)
     if bitmap_at + 2 * bitmap_len > size:
         raise BadDumpError(f"kdump bitmaps end at 0x{bitmap_at + 2 * bitmap_len:x}, past the end "
                            f"of the file at 0x{size:x} (truncated dump?)", offset=bitmap_at)
     return max_mapnr, bitmap_at, bitmap_len
 
 
-def _view(data, start: int, length: int):
-    """Zero-copy view of plain-file bytes where the file is mapped; a copy for a stream."""
-    return memoryview(data)[start:start + length] if not isinstance(data, flattened.FlatFile) \
-        else data[start:start + length]
-
-
 def load(mapped: MappedFile, base: int = 0) -> Dump:
-    buf = mapped.buf
-    if flattened.sniff(buf):
-        flat = flattened.FlatFile(buf, mapped.size)
+    src = source.of(mapped)
+    if flattened.sniff(src):
+        flat = flattened.FlatFile(src, mapped.size)
         data, file_offset, container = flat, flat.file_offset, "flattened"
     else:
-        data, file_offset, container = buf, (lambda off, n: off), "plain"
+        data, file_offset, container = src, (lambda off, n: off), "plain"
     if bytes(data[:8]) != KDUMP_SIGNATURE:
         raise BadDumpError(f"not a kdump file: no KDUMP signature (it starts with "
                            f"{bytes(data[:8]).hex()})", offset=0)
@@ -347,20 +547,27 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
         raise UnsupportedDumpError("this is one part of a makedumpfile --split dump: join the "
                                    "parts first with makedumpfile --reassemble")
     max_mapnr, bitmap_at, bitmap_len = _geometry(h, sub, len(data))
-    bitmap1 = _view(data, bitmap_at, bitmap_len)
-    bitmap2 = _view(data, bitmap_at + bitmap_len, bitmap_len)
+    bitmap1 = Bitmap(data, bitmap_at, bitmap_len)
+    bitmap2 = Bitmap(data, bitmap_at + bitmap_len, bitmap_len)
     desc_at = bitmap_at + 2 * bitmap_len
-    dumped = int.from_bytes(bitmap2, "little")  # one big int: bit_count runs in C
-    n_dumped = dumped.bit_count()
+    # Counted a piece at a time, over the parts of the bitmap the file holds (never one
+    # integer of the whole bitmap: 2^32 PFNs made it 512 MiB).
+    n_dumped = popcount(bitmap2, 0, bitmap_len * 8)
     if desc_at + n_dumped * DESC_SIZE > len(data):
         raise BadDumpError(f"{n_dumped} page descriptors do not fit in the file (truncated "
                            "dump?)", offset=desc_at)
-    incomplete = bool(h.status & DUMP_DH_COMPRESSED_INCOMPLETE)
-    pages = Pages(data, file_offset, bs, bitmap1, bitmap2, desc_at, incomplete)
+    flagged = bool(h.status & DUMP_DH_COMPRESSED_INCOMPLETE)
+    pages = Pages(data, file_offset, bs, bitmap1, bitmap2, desc_at, flagged)
     segs = [KdumpSegment(pages, s, e) for s, e in bit_runs(bitmap1, 0, max_mapnr)]
     compression = codecs.names(h.status) or ["none"]
     details = _details(h, sub, variant, container, max_mapnr, compression)
-    details["page_counts"] = _page_counts(pages, max_mapnr, dumped, n_dumped, desc_at)
+    details["page_counts"] = _page_counts(pages, max_mapnr, n_dumped, desc_at)
+    truncated = _data_end(pages, n_dumped, desc_at) > len(data)
+    # A dump cut short (a full disk without makedumpfile's flag, a partial copy) is incomplete
+    # too: its last pages' data is not in the file.
+    details["incomplete"] = flagged or truncated
+    if truncated:
+        details["truncated"] = True
     details.update(_notes(data, h, sub))
     if h.nr_cpus > 0:
         details["vcpus"] = h.nr_cpus
@@ -393,13 +600,16 @@ def _details(h, sub, variant: str, container: str, max_mapnr: int,
     }
 
 
-def _page_counts(pages: Pages, max_mapnr: int, dumped: int, n_dumped: int,
-                 desc_at: int) -> dict[str, Any]:
-    in_map = int.from_bytes(pages.bitmap1, "little")
-    n_in_map = in_map.bit_count()
+def _page_counts(pages: Pages, max_mapnr: int, n_dumped: int, desc_at: int) -> dict[str, Any]:
+    bitmap1, bitmap2 = pages.bitmap1, pages.bitmap2
+    n_in_map = popcount(bitmap1, 0, len(bitmap1) * 8)
+    both = 0
+    for a, b in _data_ranges(bitmap1, 0, len(bitmap1)):  # 1st AND 2nd, where the 1st has data
+        both += (int.from_bytes(bitmap1[a:b], "little")
+                 & int.from_bytes(bitmap2[a:b], "little")).bit_count()
     counts: dict[str, Any] = {
         "present": n_dumped,
-        "excluded": n_in_map - (in_map & dumped).bit_count(),
+        "excluded": n_in_map - both,
         "absent": max_mapnr - n_in_map,
         "zero_page_shared": None,
         "stored_raw": None,
@@ -413,22 +623,44 @@ def _page_counts(pages: Pages, max_mapnr: int, dumped: int, n_dumped: int,
     # (QEMU dump/dump.c write_dump_pages "pd_zero"); the other flags-0 pages are stored as-is
     # because compressing them did not make them smaller.
     first = min(d[0] for d in descs)
-    zero_slot = bytes(pages.data[first:first + pages.bs]) == bytes(pages.bs)
+    zero_slot = (0 <= first <= len(pages.data) - pages.bs
+                 and bytes(pages.data[first:first + pages.bs]) == bytes(pages.bs))
     shared = raw.count(first) if zero_slot else 0
     counts["zero_page_shared"] = shared
     counts["stored_raw"] = len(raw) - shared
     return counts
 
 
+def _data_end(pages: Pages, n_dumped: int, desc_at: int) -> int:
+    """Where the page data ends, by the descriptors: all of them when ``info`` reads them all
+    anyway, else the last (makedumpfile and QEMU write page data in PFN order)."""
+    if n_dumped == 0:
+        return 0
+    lo = desc_at + DESC_SIZE * (0 if n_dumped <= DESC_STATS_LIMIT else n_dumped - 1)
+    table = pages.data[lo:desc_at + n_dumped * DESC_SIZE]
+    return max(offset + size for offset, size, _, _ in _DESC.iter_unpack(table)
+               if not (pages.incomplete and offset == 0)) if table else 0
+
+
+VMCOREINFO_MAX = 1 << 20  # Linux's is a page (VMCOREINFO_BYTES); refuse a claim beyond 1 MiB
+NOTES_MAX = 64 << 20  # a note per CPU of a few KiB: 64 MiB is > 8192 CPUs' worth
+
+
 def _notes(data, h, sub) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    # Each size is checked against the file and a sane bound before a byte is copied.
     if h.header_version >= 4 and sub.size_note:
+        if sub.size_note > NOTES_MAX or sub.offset_note + sub.size_note > len(data):
+            raise BadDumpError(f"kdump notes of {sub.size_note} bytes at 0x{sub.offset_note:x} "
+                               "run past the end of the file or any plausible size",
+                               offset=sub.offset_note)
         notes = parse_notes(data, sub.offset_note, sub.size_note, True, "kdump notes")
         out.update(summarise_notes(notes, True))
     if h.header_version >= 3 and sub.size_vmcoreinfo and "vmcoreinfo" not in out:
         at = sub.offset_vmcoreinfo
+        if sub.size_vmcoreinfo > VMCOREINFO_MAX or at + sub.size_vmcoreinfo > len(data):
+            raise BadDumpError(f"VMCOREINFO of {sub.size_vmcoreinfo} bytes runs past the end of "
+                               "the file or any plausible size", offset=at)
         raw = bytes(data[at:at + sub.size_vmcoreinfo])
-        if len(raw) < sub.size_vmcoreinfo:
-            raise BadDumpError("VMCOREINFO runs past the end of the file", offset=at)
         out["vmcoreinfo"] = raw.rstrip(b"\0").decode("utf-8", "replace")
     return out
