@@ -107,7 +107,7 @@ def elf_core(loads: list[Load], notes: list[Note] = (), *, elf64: bool = True, b
         for n in names:
             sh += _shdr(e, elf64, pos, 3, strtab_off, len(strtab), 0)
             pos += len(n) + 1
-    ph = b""
+    ph = bytearray()  # a million program headers: no quadratic bytes +=
     for p_type, off, vaddr, paddr, filesz, memsz in phdrs:
         if elf64:
             ph += struct.pack(e + "IIQQQQQQ", p_type, 0, off, vaddr, paddr, filesz, memsz, 0)
@@ -270,3 +270,47 @@ def runstate64(state: int, entry: int, times: tuple[int, int, int, int], padding
 def runstate_compat(state: int, entry: int, times: tuple[int, int, int, int]) -> bytes:
     """The packed 32-bit-guest layout (44 bytes)."""
     return struct.pack("<iQ4Q", state, entry, *times)
+
+
+def write_flattened(f, records, header: bool = True) -> int:
+    """Stream makedumpfile's flattened format to ``f`` from ``(plain offset, bytes)`` records,
+    without holding them (a stream can have millions); returns the record count."""
+    if header:
+        f.write((b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1)).ljust(4096, b"\0"))
+    n = 0
+    for off, data in records:
+        f.write(struct.pack(">qq", off, len(data)) + data)
+        n += 1
+    f.write(struct.pack(">qq", -1, -1))
+    return n
+
+
+KDUMP_HEADER64 = {"status": 424, "block_size": 428, "sub_hdr_size": 432, "bitmap_blocks": 436,
+                  "max_mapnr": 440}  # byte offsets in the 64-bit disk_dump_header (464 bytes)
+SUB_HEADER64 = {"offset_vmcoreinfo": 32, "size_vmcoreinfo": 40, "offset_note": 48,
+                "size_note": 56, "max_mapnr_64": 96}  # in kdump_sub_header, at block_size
+
+
+def patch_kdump64(plain: bytes, **fields: int) -> bytes:
+    """``plain`` with header (``KDUMP_HEADER64``, 32-bit) and sub-header (``SUB_HEADER64``,
+    64-bit) fields replaced."""
+    out = bytearray(plain)
+    bs = struct.unpack_from("<i", out, KDUMP_HEADER64["block_size"])[0]
+    for name, value in fields.items():
+        if name in KDUMP_HEADER64:
+            struct.pack_into("<I", out, KDUMP_HEADER64[name], value)
+        else:
+            struct.pack_into("<Q", out, bs + SUB_HEADER64[name], value)
+    return bytes(out)
+
+
+def zstd_rle_frame(blocks: int, block_size: int = 128 << 10) -> bytes:
+    """A zstd frame (RFC 8878 §3.1.1) of ``blocks`` RLE blocks of ``block_size`` bytes each:
+    4 bytes a block, ``blocks * block_size`` bytes out. No content size, window = block."""
+    exponent = block_size.bit_length() - 1 - 10  # Window_Descriptor: 2^(10+exponent)
+    out = struct.pack("<I", 0xFD2FB528) + bytes([0x00, exponent << 3])
+    for i in range(blocks):
+        last = i == blocks - 1
+        header = last | (1 << 1) | (block_size << 3)  # Last_Block, Block_Type 1 (RLE), size
+        out += header.to_bytes(3, "little") + b"\x00"
+    return out

@@ -16,6 +16,8 @@ wrote read as zeros.
 from __future__ import annotations
 
 import bisect
+import heapq
+from collections.abc import Iterator
 from array import array
 
 from construct import Bytes, Int64sb, Struct
@@ -156,51 +158,94 @@ class FlatFile:
         return None
 
 
-def _order(dst: array) -> list[int] | range:
-    """Record numbers sorted by plain offset, a later record first among equal offsets."""
+MAX_PILES = 16  # increasing runs tracked before sorting in blocks instead
+SORT_BLOCK = 1 << 16
+
+
+def _order(dst: array) -> Iterator[int]:
+    """Record numbers sorted by plain offset, a later record first among equal offsets, made
+    from compact arrays (a sort of a list of key tuples cost ~120 bytes a record).
+
+    makedumpfile's streams are in order; QEMU's interleave a few increasing sequences (page
+    descriptors and page data are flushed in turns): each is a *pile*, and the piles are
+    merged. A stream in no such order is sorted in blocks that are then merged.
+    """
     n = len(dst)
     if all(dst[k] < dst[k + 1] for k in range(n - 1)):
-        return range(n)  # makedumpfile's streams: already in order
-    # QEMU's interleaves a few increasing sequences (page descriptors and page data are flushed
-    # in turns): sort by plain offset, later records first (as -R lets them win).
-    return sorted(range(n), key=lambda k: (dst[k], -k))
+        return iter(range(n))
+
+    def key(k: int) -> tuple[int, int]:
+        return dst[k], -k
+
+    piles: list[array] = []
+    tails: list[int] = []
+    for k in range(n):
+        d = dst[k]
+        for p, tail in enumerate(tails):
+            if tail < d:
+                piles[p].append(k)
+                tails[p] = d
+                break
+        else:
+            if len(piles) == MAX_PILES:
+                break
+            piles.append(array("q", [k]))
+            tails.append(d)
+    else:
+        return heapq.merge(*piles, key=key)
+    del piles, tails
+    blocks = [array("q", sorted(range(lo, min(n, lo + SORT_BLOCK)), key=key))
+              for lo in range(0, n, SORT_BLOCK)]
+    return heapq.merge(*blocks, key=key)
 
 
 def _resolve(dst: array, src: array, lens: array) -> tuple[array, array, array]:
     """Non-overlapping runs sorted by plain offset, later records winning (as ``-R`` writes)."""
+    sd, ss, sl = array("q"), array("q"), array("q")
+    end = -1
+    for k in _order(dst):
+        if dst[k] < end:
+            return _paint(dst, src, lens)  # rare: overlapping records
+        sd.append(dst[k])
+        ss.append(src[k])
+        sl.append(lens[k])
+        end = dst[k] + lens[k]
+    return sd, ss, sl
+
+
+def _paint(dst: array, src: array, lens: array) -> tuple[array, array, array]:
+    """Overlapping records resolved by a sweep over plain offsets: at each offset the latest
+    record that covers it wins. A heap of the records covering the sweep point, newest on top
+    (ended ones dropped when they surface): O(n log n) whatever the overlaps."""
+    sd, ss, sl = array("q"), array("q"), array("q")
     order = _order(dst)
-    sd = array("q", (dst[k] for k in order))
-    ss = array("q", (src[k] for k in order))
-    sl = array("q", (lens[k] for k in order))
-    del order
-    if all(sd[k] + sl[k] <= sd[k + 1] for k in range(len(sd) - 1)):
-        return sd, ss, sl
-    # Rare: overlapping records. Paint them newest first, keeping only uncovered parts.
-    starts: list[int] = []
-    pieces: dict[int, tuple[int, int]] = {}
-    for k in reversed(range(len(dst))):
-        d, s, n = dst[k], src[k], lens[k]
-        for lo, hi in list(_uncovered(starts, pieces, d, d + n)):
-            bisect.insort(starts, lo)
-            pieces[lo] = (s + lo - d, hi - lo)
-    return (array("q", starts), array("q", (pieces[x][0] for x in starts)),
-            array("q", (pieces[x][1] for x in starts)))
-
-
-def _uncovered(starts: list[int], pieces: dict[int, tuple[int, int]], lo: int, hi: int):
-    i = max(0, bisect.bisect_right(starts, lo) - 1)
-    cur = lo
-    while cur < hi:
-        if i < len(starts) and starts[i] < hi:
-            a = starts[i]
-            b = a + pieces[a][1]
-            if b <= cur:
-                i += 1
-                continue
-            if a > cur:
-                yield cur, a
-            cur = max(cur, b)
-            i += 1
+    nxt = next(order, None)
+    active: list[tuple[int, int]] = []  # (-record, end)
+    cur = 0
+    last = -1  # the record of the last run emitted
+    while nxt is not None or active:
+        while active and active[0][1] <= cur:
+            heapq.heappop(active)
+        if not active:
+            if nxt is None:
+                break
+            cur = max(cur, dst[nxt])
+        while nxt is not None and dst[nxt] <= cur:
+            if dst[nxt] + lens[nxt] > cur:
+                heapq.heappush(active, (-nxt, dst[nxt] + lens[nxt]))
+            nxt = next(order, None)
+        while active and active[0][1] <= cur:
+            heapq.heappop(active)
+        if not active:
+            continue
+        k, end = -active[0][0], active[0][1]
+        stop = min(end, dst[nxt]) if nxt is not None else end
+        if last == k and sd and sd[-1] + sl[-1] == cur:
+            sl[-1] += stop - cur
         else:
-            yield cur, hi
-            return
+            sd.append(cur)
+            ss.append(src[k] + cur - dst[k])
+            sl.append(stop - cur)
+            last = k
+        cur = stop
+    return sd, ss, sl

@@ -556,6 +556,11 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     if desc_at + n_dumped * DESC_SIZE > len(data):
         raise BadDumpError(f"{n_dumped} page descriptors do not fit in the file (truncated "
                            "dump?)", offset=desc_at)
+    if n_dumped and _in_both(bitmap1, bitmap2) != n_dumped:
+        # makedumpfile makes the 2nd bitmap from the 1st by clearing bits (create_2nd_bitmap);
+        # QEMU writes one bitmap twice: a dumped page outside the memory map is corruption.
+        raise BadDumpError("kdump 2nd bitmap marks pages dumped that the 1st bitmap does not "
+                           "have in memory: corrupt bitmaps", offset=bitmap_at + bitmap_len)
     flagged = bool(h.status & DUMP_DH_COMPRESSED_INCOMPLETE)
     pages = Pages(data, file_offset, bs, bitmap1, bitmap2, desc_at, flagged)
     segs = [KdumpSegment(pages, s, e) for s, e in bit_runs(bitmap1, 0, max_mapnr)]
@@ -600,13 +605,19 @@ def _details(h, sub, variant: str, container: str, max_mapnr: int,
     }
 
 
-def _page_counts(pages: Pages, max_mapnr: int, n_dumped: int, desc_at: int) -> dict[str, Any]:
-    bitmap1, bitmap2 = pages.bitmap1, pages.bitmap2
-    n_in_map = popcount(bitmap1, 0, len(bitmap1) * 8)
+def _in_both(bitmap1, bitmap2) -> int:
+    """Bits set in both bitmaps, read where the 1st has data."""
     both = 0
-    for a, b in _data_ranges(bitmap1, 0, len(bitmap1)):  # 1st AND 2nd, where the 1st has data
+    for a, b in _data_ranges(bitmap1, 0, len(bitmap1)):
         both += (int.from_bytes(bitmap1[a:b], "little")
                  & int.from_bytes(bitmap2[a:b], "little")).bit_count()
+    return both
+
+
+def _page_counts(pages: Pages, max_mapnr: int, n_dumped: int, desc_at: int) -> dict[str, Any]:
+    bitmap1 = pages.bitmap1
+    n_in_map = popcount(bitmap1, 0, len(bitmap1) * 8)
+    both = n_dumped  # load() checked that the 2nd bitmap is within the 1st
     counts: dict[str, Any] = {
         "present": n_dumped,
         "excluded": n_in_map - both,
