@@ -88,14 +88,23 @@ def decompressor(codec: int) -> Decompressor:
     raise ValueError(f"no codec for flags 0x{codec:x}")
 
 
+def page_decoder(codec: int) -> Decompressor:
+    """``(data, size) -> page`` for one codec, raising ``ValueError`` when the data does not
+    decompress to exactly ``size`` bytes (looked up once for a batch of pages)."""
+    fn, name = decompressor(codec), NAMES[codec]
+
+    def decode(data, size: int) -> bytes:
+        try:
+            page = fn(data, size)
+        except Exception as e:  # each library has its own error type; all mean a corrupt page
+            raise ValueError(f"{name} decompression failed: {e}") from None
+        if len(page) != size:
+            raise ValueError(f"{name} page decompresses to {len(page)} bytes, not {size}")
+        return page
+
+    return decode
+
+
 def decompress(codec: int, data: bytes, size: int) -> bytes:
     """The page, or ``ValueError`` when the data does not decompress to ``size`` bytes."""
-    try:
-        page = decompressor(codec)(data, size)
-    except MissingCodecError:
-        raise
-    except Exception as e:  # each library has its own error type; all mean a corrupt page
-        raise ValueError(f"{NAMES[codec]} decompression failed: {e}") from None
-    if len(page) != size:
-        raise ValueError(f"{NAMES[codec]} page decompresses to {len(page)} bytes, not {size}")
-    return page
+    return page_decoder(codec)(data, size)

@@ -327,65 +327,89 @@ class Pages:
         """Pages ``[first, first+count)`` into ``out`` (``count`` pages long): zeros where a
         page is excluded or lost. The bulk path ``scan`` takes: the 2nd bitmap and the
         descriptors of the run in one read each, the page data in a few large reads, and the
-        pages decompressed on every core (zlib, LZO, snappy and zstd release the GIL)."""
+        pages decompressed on every core (zlib, LZO, snappy and zstd release the GIL). No
+        per-page object or cache: a page costs a tuple and a decompression."""
         bs = self.bs
         bits = int.from_bytes(self.bitmap2[first >> 3:(first + count + 7) >> 3], "little")
-        bits >>= first & 7
-        dumped = [k for k in range(count) if bits >> k & 1]
-        if len(dumped) < count:
+        mask = (1 << count) - 1
+        bits = (bits >> (first & 7)) & mask
+        if bits == mask:
+            dumped: range | list[int] = range(count)
+        else:
+            # positions of the set bits, LSB first, by the C loops of bin() and enumerate()
+            dumped = [k for k, c in enumerate(bin(bits)[:1:-1]) if c == "1"]
             zero = bytes(bs)
-            for k in set(range(count)).difference(dumped):
+            holes = set(range(count)).difference(dumped)
+            for k in holes:
                 out[k * bs:(k + 1) * bs] = zero
-        if not dumped:
-            return
+            if not dumped:
+                return
+        n = len(dumped)
         index = self.rank(first + dumped[0])
         at = self.desc_at + DESC_SIZE * index
-        table = self.data[at:at + DESC_SIZE * len(dumped)]
-        if len(table) < DESC_SIZE * len(dumped):
+        table = self.data[at:at + DESC_SIZE * n]
+        if len(table) < DESC_SIZE * n:
             raise BadDumpError(f"page descriptors of PFNs 0x{first:x}-0x{first + count - 1:x} "
                                "are past the end of the file (truncated dump?)", offset=at)
-        jobs = []  # (k, desc)
-        for n, (k, (offset, size, flags, _)) in enumerate(zip(dumped, _DESC.iter_unpack(table))):
-            desc = self._check(first + k, at + DESC_SIZE * n, offset, size, flags)
-            if self.lost(desc):
-                out[k * bs:(k + 1) * bs] = bytes(bs)
-            else:
-                jobs.append((k, desc))
-        blobs = self._fetch([d for _, d in jobs])
-        work = [(k, d, blobs(d)) for k, d in jobs]
-
-        def run(part) -> None:
-            for k, d, blob in part:
-                out[k * bs:(k + 1) * bs] = self._decode(first + k, d, blob)
-
-        compressed = sum(1 for _, d, _ in work if d.flags & codecs.COMPRESSED)
+        descs = list(_DESC.iter_unpack(table))
         workers = _workers()
-        if compressed < PARALLEL_PAGES or workers is None:
-            run(work)
+        if workers is None or n < PARALLEL_PAGES:
+            self._decode_part(first, dumped, descs, at, 0, n, out)
             return
-        n = workers._max_workers
-        for f in [workers.submit(run, work[i::n]) for i in range(n)]:
+        w = workers._max_workers
+        cuts = [n * i // w for i in range(w + 1)]
+        futures = [workers.submit(self._decode_part, first, dumped, descs, at, lo, hi, out)
+                   for lo, hi in zip(cuts, cuts[1:]) if lo < hi]
+        for f in futures:
             f.result()
 
-    def _fetch(self, descs: list[PageDesc]):
-        """The stored bytes of each descriptor, read in as few large reads as they allow: a
-        function from a descriptor to a view of its bytes."""
-        spans = sorted({(d.offset, d.offset + d.size) for d in descs})
-        groups: list[tuple[int, int]] = []
-        for lo, hi in spans:
-            if groups and lo <= groups[-1][1] + GROUP_GAP:
-                groups[-1] = (groups[-1][0], max(groups[-1][1], hi))
+    def _decode_part(self, first: int, dumped, descs: list, at: int, lo: int, hi: int,
+                     out: memoryview) -> None:
+        """Check, fetch and decompress descriptors ``[lo, hi)`` of a batch into ``out``.
+
+        Page data is fetched with read-ahead, as the kernel does for a file: a read that
+        continues the last one doubles in length (to ``READ_AHEAD``), any other reads one page;
+        the last few reads are kept, so the shared zero page is read once."""
+        bs, size_limit, incomplete = self.bs, len(self.data), self.incomplete
+        compressed = codecs.COMPRESSED
+        decoders: dict[int, Any] = {}
+        kept: list[tuple[int, int, memoryview]] = []
+        g_start = g_end = -1
+        view = memoryview(b"")
+        ahead = bs
+        for j in range(lo, hi):
+            offset, size, flags, _ = descs[j]
+            k = dumped[j]
+            if incomplete and offset == 0:
+                out[k * bs:(k + 1) * bs] = bytes(bs)
+                continue
+            if (offset < 0 or size > bs or offset + size > size_limit
+                    or (not flags & compressed and size != bs)):
+                self._check(first + k, at + DESC_SIZE * j, offset, size, flags)
+            if not (g_start <= offset and offset + size <= g_end):
+                for g_start, g_end, view in kept:
+                    if g_start <= offset and offset + size <= g_end:
+                        break
+                else:
+                    ahead = min(2 * ahead, READ_AHEAD) if 0 <= offset - g_end < GROUP_GAP else bs
+                    length = min(size_limit - offset, max(size, ahead))
+                    g_start, g_end = offset, offset + length
+                    view = memoryview(self._read(offset, length))
+                    kept.append((g_start, g_end, view))
+                    if len(kept) > 4:
+                        del kept[0]
+            blob = view[offset - g_start:offset - g_start + size]
+            if flags & compressed:
+                decode = decoders.get(flags)
+                if decode is None:
+                    decode = decoders[flags] = codecs.page_decoder(codecs.codec_of(flags))
+                try:
+                    out[k * bs:(k + 1) * bs] = decode(blob, bs)
+                except ValueError as e:
+                    raise BadDumpError(f"page of PFN 0x{first + k:x}: {e}",
+                                       offset=offset) from None
             else:
-                groups.append((lo, hi))
-        starts = [g[0] for g in groups]
-        views = [memoryview(self._read(lo, hi - lo)) for lo, hi in groups]
-
-        def blob(d: PageDesc):
-            g = bisect.bisect_right(starts, d.offset) - 1
-            rel = d.offset - starts[g]
-            return views[g][rel:rel + d.size]
-
-        return blob
+                out[k * bs:(k + 1) * bs] = blob
 
     def _read(self, offset: int, size: int):
         out = bytearray(size)
@@ -395,6 +419,9 @@ class Pages:
         else:
             out[:] = self.data[offset:offset + size]
         return out
+
+
+READ_AHEAD = 4 << 20
 
 
 _POOL: list = []
