@@ -24,14 +24,17 @@ FORMATS: dict[str, str] = {
     "raw": "xenrs_cli.dumps.raw",
     "elf": "xenrs_cli.dumps.elf",
     "kdump": "xenrs_cli.dumps.kdump",
+    "xen-core": "xenrs_cli.dumps.xen_core",
 }
 # formats with a signature, tried in this order before falling back to raw
-SNIFF_ORDER: tuple[str, ...] = ("elf", "kdump")
+# (``xen-core`` before ``elf``: an xl dump-core file is an ELF core whose GPAs are not p_paddr)
+SNIFF_ORDER: tuple[str, ...] = ("xen-core", "elf", "kdump")
 # The leading bytes each of them starts with: detect() imports a reader (and pays for its
 # construct declarations) only when they match, so a raw image decodes at raw-image cost.
 MAGIC: dict[str, tuple[bytes, ...]] = {
     "elf": (b"\x7fELF",),
     "kdump": (b"KDUMP   ", b"makedumpfile\0"),
+    "xen-core": (b"\x7fELF",),
 }
 
 

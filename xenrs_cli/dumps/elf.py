@@ -100,21 +100,27 @@ def _check_core(buf, is64: bool, little: bool) -> Any:
     return eh
 
 
-def _section_names(buf, eh, is64: bool, little: bool) -> list[str]:
-    """Names of the section headers (empty when there are none or they are unreadable:
-    sections are optional in a core file and only used to recognise ``xl dump-core``)."""
+def section_headers(buf, eh, is64: bool, little: bool) -> list[tuple[str, Any]]:
+    """``(name, Elf_Shdr)`` of every section header (at most 256: the files xenrs reads have a
+    handful); raises :class:`BadDumpError` where the headers or their names are unreadable."""
     shdr = structs(is64, little)["shdr"]
     if eh.e_shoff == 0 or eh.e_shnum == 0 or eh.e_shstrndx >= eh.e_shnum:
         return []
+    strtab = parse(shdr, buf, eh.e_shoff + eh.e_shstrndx * shdr.sizeof(), "section header")
+    # names are short: never copy more than 64 KiB, whatever a corrupt sh_size says
+    table = bytes(buf[strtab.sh_offset:strtab.sh_offset + min(strtab.sh_size, 1 << 16)])
+    out = []
+    for i in range(min(eh.e_shnum, 256)):
+        sh = parse(shdr, buf, eh.e_shoff + i * shdr.sizeof(), f"section header {i}")
+        out.append((table[sh.sh_name:].split(b"\0", 1)[0].decode("ascii", "replace"), sh))
+    return out
+
+
+def _section_names(buf, eh, is64: bool, little: bool) -> list[str]:
+    """Names of the section headers (empty when there are none or they are unreadable:
+    sections are optional in a core file and only used to recognise ``xl dump-core``)."""
     try:
-        strtab = parse(shdr, buf, eh.e_shoff + eh.e_shstrndx * shdr.sizeof(), "section header")
-        # names are short: never copy more than 64 KiB, whatever a corrupt sh_size says
-        table = bytes(buf[strtab.sh_offset:strtab.sh_offset + min(strtab.sh_size, 1 << 16)])
-        names = []
-        for i in range(min(eh.e_shnum, 256)):
-            sh = parse(shdr, buf, eh.e_shoff + i * shdr.sizeof(), "section header")
-            names.append(table[sh.sh_name:].split(b"\0", 1)[0].decode("ascii", "replace"))
-        return names
+        return [name for name, _ in section_headers(buf, eh, is64, little)]
     except BadDumpError:
         return []
 
