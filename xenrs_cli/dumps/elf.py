@@ -10,7 +10,8 @@ assumes ``sizeof(Elf64_Ehdr)`` (makedumpfile's ``get_elf64_phdr``) finds no prog
 Notes (``PT_NOTE``) feed ``info``: the vCPU count from ``CORE``/``NT_PRSTATUS``, QEMU's per-vCPU
 ``QEMUCPUState`` (target/i386/arch_dump.c ``qemu_get_cpustate``), and ``VMCOREINFO``. An ELF
 whose section headers name ``.xen_pages``/``.xen_p2m``/``.xen_pfn`` is Xen's ``xl dump-core``
-(tools/libs/guest/xg_core.c), whose GPAs are not ``p_paddr``: it is refused, never misread.
+(tools/libs/guest/xg_core.c), whose GPAs are not ``p_paddr``: ``xen_core`` reads it (detection
+tries it first); forced through this reader it is refused, never misread.
 """
 
 from __future__ import annotations

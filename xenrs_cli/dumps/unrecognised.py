@@ -4,8 +4,9 @@ Checked before falling back to ``raw`` so that a migration stream or a compresse
 clear error instead of garbage decodes. Signatures: QEMU ``migration/savevm.c``
 (``QEMU_VM_FILE_MAGIC`` "QEVM"), libvirt ``qemu_saveimage.h`` ("LibvirtQemudSave"/"Part"),
 Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), the pre-kdump ``DISKDUMP``
-format, and common compressors. Xen ``xl dump-core`` is an ELF file: the ELF sniffer recognises
-it by its section names and calls :func:`refuse_xen_dump_core`.
+format, and common compressors. Xen ``xl dump-core`` is an ELF file that ``xen_core`` reads; the
+ELF reader, when forced onto one, recognises it by its section names and calls
+:func:`refuse_xen_dump_core`.
 """
 
 from __future__ import annotations
@@ -45,10 +46,9 @@ def refuse(buf) -> None:
 
 
 def refuse_xen_dump_core() -> None:
-    """Xen ``xl dump-core`` (tools/libs/guest/xg_core.c): an ELF core whose pages are indexed
-    by the ``.xen_p2m``/``.xen_pfn`` sections, not by ``PT_LOAD`` GPAs."""
+    """Xen ``xl dump-core`` (tools/libs/guest/xg_core.c) read as a plain ELF core: its pages are
+    indexed by the ``.xen_p2m``/``.xen_pfn`` sections, not by ``PT_LOAD`` GPAs."""
     raise UnsupportedDumpError(
-        "this is a Xen xl dump-core file (ELF with .xen_pages/.xen_p2m sections), which xenrs "
-        "does not read: dump the guest with QEMU/libvirt instead (virsh dump --memory-only "
-        "--format elf DOMAIN FILE, or QMP dump-guest-memory); crash reads xl dump-core "
-        "files (its xendump support)")
+        "this is a Xen xl dump-core file (ELF with .xen_pages/.xen_p2m sections), whose GPAs are "
+        "in its .xen_p2m/.xen_pfn table, not in program headers: read it with --dump-format "
+        "xen-core (or auto)")

@@ -38,7 +38,7 @@ from xenrs_cli.binary import parse
 from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.dumps import Dump
 from xenrs_cli.dumps.elf import ET_CORE, MACHINES, _ident, parse_notes, section_headers, structs
-from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
+from xenrs_cli.errors import BadDumpError
 from xenrs_cli.files import MappedFile
 
 SEC_NOTE, SEC_PRSTATUS, SEC_SHARED_INFO = ".note.Xen", ".xen_prstatus", ".xen_shared_info"
@@ -95,24 +95,48 @@ def _text(b: bytes) -> str:
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def _sections(buf) -> tuple[Any, dict[str, Any]] | None:
+SHT_NOTE = 7
+# The first note xg_core.c writes: namesz 4, descsz 0, XEN_ELFNOTE_DUMPCORE_NONE, "Xen".
+FIRST_NOTE = NOTE_NONE.to_bytes(4, "little").join((b"\x04\0\0\0\0\0\0\0", b"Xen\0"))
+
+
+def _sections(buf) -> tuple[Any, list[tuple[str, Any]]] | None:
+    """The ELF header and ``(name, header)`` of each section of a little-endian ELF64 core."""
     ident = _ident(buf)
-    if ident is None or not ident[0]:
+    if ident is None or ident != (True, True):
         return None
-    eh = parse(structs(True, ident[1])["ehdr"], buf, 0, "ELF header")
+    eh = parse(structs(True, True)["ehdr"], buf, 0, "ELF header")
     if eh.e_type != ET_CORE:
         return None
     try:
-        names = dict(section_headers(buf, eh, True, ident[1]))
+        return eh, section_headers(buf, eh, True, True)
     except BadDumpError:
         return None
-    return eh, names
+
+
+def _strtab_cut(buf, eh, sections) -> int | None:
+    """The end of ``.shstrtab`` if it lies past the end of the file (xg_core.c writes it last,
+    so a truncated dump-core loses the section names first), else ``None``."""
+    if eh.e_shstrndx < len(sections):
+        sh = sections[eh.e_shstrndx][1]
+        if sh.sh_offset + sh.sh_size > len(buf):
+            return sh.sh_offset + sh.sh_size
+    return None
 
 
 def sniff(buf) -> bool:
-    """An ELF64 core with ``.xen_pages`` and a ``.xen_p2m``/``.xen_pfn`` table."""
+    """An ELF64 core with ``.xen_pages`` and a ``.xen_p2m``/``.xen_pfn`` table; or, when the
+    names are gone with a truncated tail, one without program headers whose note section opens
+    with Xen's ``XEN_ELFNOTE_DUMPCORE_NONE`` note."""
     found = _sections(buf)
-    return found is not None and any(n in found[1] for n in SIGNATURE_SECTIONS)
+    if found is None:
+        return False
+    eh, sections = found
+    if any(name in SIGNATURE_SECTIONS for name, _ in sections):
+        return True
+    return eh.e_phnum == 0 and any(
+        sh.sh_type == SHT_NOTE and bytes(buf[sh.sh_offset:sh.sh_offset + 16]) == FIRST_NOTE
+        for _, sh in sections)
 
 
 def _section(buf, sections: dict[str, Any], name: str, required: bool = True):
@@ -303,13 +327,16 @@ def _header(notes) -> Any:
 
 def load(mapped: MappedFile, base: int = 0) -> Dump:
     buf = mapped.buf
-    found = _sections(buf)
-    if found is None:
-        raise BadDumpError("not an xl dump-core file (no ELF64 core with section headers)",
-                           offset=0)
-    eh, sections = found
-    if buf[5] != 1:
-        raise UnsupportedDumpError("big-endian xl dump-core files are not supported")
+    if not sniff(buf):
+        raise BadDumpError("not an xl dump-core file (no little-endian ELF64 core with "
+                           f"{SEC_PAGES} and {SEC_P2M} or {SEC_PFN} sections)", offset=0)
+    eh, headers = _sections(buf)
+    cut = _strtab_cut(buf, eh, headers)
+    if cut is not None:
+        raise BadDumpError(f"the section names end at 0x{cut:x}, past the end of the file at "
+                           f"0x{len(buf):x}: truncated xl dump-core (xl writes them last)",
+                           offset=eh.e_shoff)
+    sections = dict(headers)
     note_sh = _section(buf, sections, SEC_NOTE)
     notes = parse_notes(buf, note_sh.sh_offset, note_sh.sh_size, True, SEC_NOTE)
     h = _header(notes)
