@@ -87,6 +87,10 @@ FOREIGN = [
      "virsh dump --memory-only --format elf"),
     (b"PAGEDU64" + bytes(100), "a Windows crash dump (QEMU win-dmp)", "dump-guest-memory"),
     (b"DISKDUMP" + bytes(100), "an old-style diskdump file", "open it with crash"),
+    (bytes.fromhex("d2bed2be") + bytes(100), "a VMware checkpoint state file (.vmss/.vmsn)",
+     "vmss2core -N6"),
+    (bytes.fromhex("d1bad1ba") + bytes(100), "a VMware checkpoint state file", "vmss2core"),
+    (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd-compressed", "zstd -d FILE"),
     (gzip.compress(b"x" * 100), "gzip-compressed", "gzip -dk FILE"),
     (lzma.compress(b"x" * 100), "xz-compressed", "xz -dk FILE"),
 ]
