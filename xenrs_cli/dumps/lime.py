@@ -137,7 +137,7 @@ class SnappyBlock(Segment):
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.PRESENT, None,
                      f"AVML block at file offset 0x{self.header_at:x} "
-                     f"({len(self.starts)} snappy chunks)")
+                     f"({len(self.starts)} snappy chunk{'' if len(self.starts) == 1 else 's'})")
 
 
 def _snappy_stream(buf, at: int, size: int, gpa: int) -> tuple[SnappyBlock, int]:

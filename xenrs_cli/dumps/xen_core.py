@@ -399,7 +399,8 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
         details["xen_version"] = (f"{version.major_version}.{version.minor_version}"
                                   f"{_text(version.extra_version)}")
         details["xen_capabilities"] = _text(version.capabilities).strip()
-        details["xen_changeset"] = _text(version.changeset)
+        if _text(version.changeset):
+            details["xen_changeset"] = _text(version.changeset)
     details["vcpus"] = h.xch_nr_vcpus
     if records:
         details["vcpu_contexts"] = records
