@@ -229,3 +229,36 @@ def test_real_dump_core_vcpu_contexts_walk_to_the_areas(du1):
             frame = (entry & 0xFFFFFFFFFF000) >> 12
         assert frame == int(a["mfn"], 16)
         assert du1.frame_to_gpa(frame) == int(a["pfn"], 16)
+
+
+def test_scattered_pages_have_their_own_file_offsets(tmp_path):
+    entries = pv_entries(PFNS)
+    data = xen_core_file(entries, [XenVcpu()], seed=11)
+    path = write(tmp_path, data)
+    with open_dump(path) as d:
+        seen = set()
+        for e in d.space.extents():
+            for k in range(e.size // PAGE):
+                pfn = e.gpa // PAGE + k
+                at = e.file_offset + k * PAGE
+                assert data[at:at + 8] == struct.pack("<Q", pfn)  # the page of that PFN
+                seen.add(pfn)
+            assert e.detail.startswith(f"PFN 0x{e.gpa // PAGE:x}")
+        assert seen == set(PFNS)
+        # a read across two scattered pages: each piece has the offset of its own page
+        data_read, pieces = d.space.read(0x21000 - 8, 16)
+        assert [data[p.file_offset:p.file_offset + p.len] for p in pieces] == [
+            data_read[:8], data_read[8:]]
+        assert d.space.segments[0].read_span(0, 3 * PAGE) == b"".join(
+            page_of(p) for p in range(3))
+
+
+def test_out_of_order_runs_stored_contiguously_are_linear(tmp_path):
+    # PFNs 8..11 first, then 0..3: each PFN run is contiguous in .xen_pages
+    path = write(tmp_path, xen_core_file(pv_entries([8, 9, 10, 11, 0, 1, 2, 3]), [XenVcpu()]))
+    with open_dump(path) as d:
+        assert d.details["pfn_order"] == "unordered"
+        assert [(e.gpa, e.size, e.detail) for e in d.space.extents()] == [
+            (0, 4 * PAGE, "PFN 0x0-0x3 (.xen_pages[4])"),
+            (8 * PAGE, 4 * PAGE, "PFN 0x8-0xb (.xen_pages[0])")]
+        assert d.space.read_present(0x2040, 48) == AREA

@@ -65,7 +65,7 @@ def structs(is64: bool, little: bool) -> dict[str, Struct]:
     return {"ehdr": ehdr, "phdr": phdr, "shdr": shdr, "nhdr": nhdr}
 
 
-def _ident(buf) -> tuple[bool, bool] | None:
+def elf_ident(buf) -> tuple[bool, bool] | None:
     """(is64, little) of an ELF file, or ``None`` if ``buf`` is not ELF."""
     if bytes(buf[:4]) != ELF_MAGIC:
         return None
@@ -80,7 +80,7 @@ def _ident(buf) -> tuple[bool, bool] | None:
 
 def sniff(buf) -> bool:
     """True for an ELF core; raises for an ELF that is not one (or is Xen's dump-core)."""
-    ident = _ident(buf)
+    ident = elf_ident(buf)
     if ident is None:
         return False
     _check_core(buf, *ident)
@@ -194,7 +194,7 @@ def load_segments(buf, size: int, phdrs: list) -> tuple[list[Segment], list[dict
 
 def load(mapped: MappedFile, base: int = 0) -> Dump:
     buf = mapped.buf
-    ident = _ident(buf)
+    ident = elf_ident(buf)
     if ident is None:
         raise BadDumpError("not an ELF file (no \\x7fELF magic)", offset=0)
     is64, little = ident

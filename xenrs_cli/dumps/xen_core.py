@@ -16,8 +16,10 @@ Written by ``xc_domain_dumpcore_via_callback()`` (tools/libs/guest/xg_core.c): a
 GPA = pfn × page size (the guest's own physical address space). The table is read into compact
 arrays, never into a Python object per page: when it is in ascending PFN order (what xg_core.c
 writes: it walks the memory map upwards) the runs of consecutive PFNs are found by binary search
-(``pfn[j] - j`` is constant along a run and non-decreasing), otherwise the entries are sorted
-once. Each run of consecutive PFNs stored in consecutive pages becomes a :class:`LinearSegment`.
+(``pfn[j] - j`` is constant along a run and non-decreasing); otherwise the entries are sorted
+once into two arrays (PFN, page), 16 bytes per 4 KiB page. A run of consecutive PFNs stored in
+consecutive pages becomes a :class:`LinearSegment`, one whose pages are scattered a
+:class:`ScatteredRun` that looks each page up in the sorted arrays.
 
 A PV guest's page tables hold machine frames (MFNs); ``frame_to_gpa`` maps them back to PFNs
 through ``.xen_p2m`` (crash ``xendump.c`` ``xc_core_mfn_to_page`` does the same lookup).
@@ -29,15 +31,18 @@ import bisect
 import operator
 import sys
 from array import array
+from collections.abc import Iterator
 from typing import Any
 
 from construct import Array, Bytes, Int16ul, Int32ul, Int64ul, Padding, Struct
 
-from xenrs_cli.address_space import GPA_LIMIT, AddressSpace, LinearSegment
+from xenrs_cli.address_space import (GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, LinearSegment,
+                                     Segment, Status)
 from xenrs_cli.binary import parse
 from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.dumps import Dump
-from xenrs_cli.dumps.elf import ET_CORE, MACHINES, _ident, parse_notes, section_headers, structs
+from xenrs_cli.dumps.elf import (ET_CORE, MACHINES, elf_ident, parse_notes, section_headers,
+                                 structs)
 from xenrs_cli.errors import BadDumpError
 from xenrs_cli.files import MappedFile
 
@@ -102,8 +107,7 @@ FIRST_NOTE = NOTE_NONE.to_bytes(4, "little").join((b"\x04\0\0\0\0\0\0\0", b"Xen\
 
 def _sections(buf) -> tuple[Any, list[tuple[str, Any]]] | None:
     """The ELF header and ``(name, header)`` of each section of a little-endian ELF64 core."""
-    ident = _ident(buf)
-    if ident is None or ident != (True, True):
+    if elf_ident(buf) != (True, True):
         return None
     eh = parse(structs(True, True)["ehdr"], buf, 0, "ELF header")
     if eh.e_type != ET_CORE:
@@ -199,23 +203,102 @@ def _runs_ascending(pfns: array, n: int) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _runs_unordered(table: FrameTable) -> list[tuple[int, int, int]]:
-    """Runs of an unordered table: entries sorted by PFN once (a tuple per valid entry, so
-    memory is proportional to the table, itself 1/256 of the pages it describes)."""
-    pairs = sorted((p, i) for i, p in enumerate(table.pfns) if p != INVALID)
-    runs: list[tuple[int, int, int]] = []
-    prev = None
-    for pfn, page in pairs:
-        if prev is not None and pfn == prev[0]:
-            raise BadDumpError(f"PFN 0x{pfn:x} appears twice in the frame table (entries "
-                               f"{prev[1]} and {page})", offset=table.offset + page * table.width)
-        if runs and prev is not None and pfn == prev[0] + 1 and page == prev[1] + 1:
-            first, start, count = runs[-1]
-            runs[-1] = (first, start, count + 1)
+def _sort_unordered(table: FrameTable) -> tuple[array, array]:
+    """The valid PFNs in ascending order and, for each, its page in ``.xen_pages``: two arrays
+    of 8 bytes per page (the sort itself holds a list of indices, briefly)."""
+    pfns = table.pfns
+    order = sorted((i for i in range(len(pfns)) if pfns[i] != INVALID), key=pfns.__getitem__)
+    spfns = array("Q", (pfns[i] for i in order))
+    view = memoryview(spfns)
+    if len(spfns) > 1 and not all(map(operator.lt, view[:-1], view[1:])):
+        for k in range(len(spfns) - 1):
+            if spfns[k] == spfns[k + 1]:
+                a, b = sorted((order[k], order[k + 1]))
+                raise BadDumpError(f"PFN 0x{spfns[k]:x} appears twice in the frame table "
+                                   f"(entries {a} and {b})", offset=table.offset + b * table.width)
+    return spfns, array("Q", order)
+
+
+class ScatteredRun(Segment):
+    """Consecutive PFNs whose pages are scattered in ``.xen_pages`` (an unordered table): PFN
+    ``first + k`` is page ``pages[lo + k]``."""
+
+    def __init__(self, buf, page_size: int, pages_at: int, first_pfn: int, count: int,
+                 pages: array, lo: int) -> None:
+        self.buf, self.ps, self.pages_at = buf, page_size, pages_at
+        self.gpa, self.size, self.pfn = first_pfn * page_size, count * page_size, first_pfn
+        self.pages, self.lo = pages, lo
+
+    def _offset(self, rel: int) -> int:
+        k, within = divmod(rel, self.ps)
+        return self.pages_at + self.pages[self.lo + k] * self.ps + within
+
+    def chunk(self, rel: int, size: int) -> tuple[Status, int | None]:
+        return Status.PRESENT, self._offset(rel)
+
+    def read(self, rel: int, size: int) -> bytes:
+        at = self._offset(rel)
+        return bytes(self.buf[at:at + size])
+
+    def read_span(self, rel: int, size: int, page_size: int = PAGE_SIZE) -> bytes:
+        out, cur, end = bytearray(), rel, rel + size
+        while cur < end:
+            stop = min(end, (cur // self.ps + 1) * self.ps)
+            out += self.read(cur, stop - cur)
+            cur = stop
+        return bytes(out)
+
+    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
+                    ) -> Iterator[tuple[int, int, Status]]:
+        if rel < end:
+            yield rel, end - rel, Status.PRESENT
+
+    def extents(self) -> Iterator[Extent]:
+        """One extent per stretch of pages that is contiguous in the file too."""
+        count = self.size // self.ps
+        k = 0
+        while k < count:
+            first = self.pages[self.lo + k]
+            j = k + 1
+            while j < count and self.pages[self.lo + j] == first + (j - k):
+                j += 1
+            yield Extent(self.gpa + k * self.ps, (j - k) * self.ps, Status.PRESENT,
+                         self.pages_at + first * self.ps,
+                         _detail(self.pfn + k, j - k, first))
+            k = j
+
+
+def _detail(pfn: int, count: int, page: int) -> str:
+    last = f"-0x{pfn + count - 1:x}" if count > 1 else ""
+    return f"PFN 0x{pfn:x}{last} ({SEC_PAGES}[{page}])"
+
+
+def _segments(buf, table: FrameTable, valid: int | None, ps: int,
+              pages_at: int) -> list[Segment]:
+    """A :class:`LinearSegment` per PFN run stored in consecutive pages, a
+    :class:`ScatteredRun` per PFN run whose pages are not."""
+    if valid is not None:
+        spfns, pages = table.pfns, None
+        runs = _runs_ascending(spfns, valid)
+    else:
+        spfns, pages = _sort_unordered(table)
+        runs = _runs_ascending(spfns, len(spfns))
+    segs: list[Segment] = []
+    for pfn, j, count in runs:
+        if (pfn + count) * ps > GPA_LIMIT:
+            page = j if pages is None else pages[j]
+            raise BadDumpError(f"frame table entry {page}: PFN 0x{pfn:x} is beyond 2^52",
+                               offset=table.offset + page * table.width)
+        if pages is None:
+            first = j
         else:
-            runs.append((pfn, page, 1))
-        prev = (pfn, page)
-    return runs
+            first = pages[j]
+            if pages[j:j + count] != array("Q", range(first, first + count)):
+                segs.append(ScatteredRun(buf, ps, pages_at, pfn, count, pages, j))
+                continue
+        segs.append(LinearSegment(pfn * ps, count * ps, buf, pages_at + first * ps,
+                                  _detail(pfn, count, first)))
+    return segs
 
 
 class MachineFrames:
@@ -359,15 +442,7 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     table = FrameTable(buf, table_sh, nr, pv)
 
     valid = _ascending_prefix(table.pfns)
-    runs = _runs_ascending(table.pfns, valid) if valid is not None else _runs_unordered(table)
-    segs = []
-    for pfn, page, count in runs:
-        if (pfn + count) * ps > GPA_LIMIT:
-            raise BadDumpError(f"frame table entry {page}: PFN 0x{pfn:x} is beyond 2^52",
-                               offset=table.offset + page * table.width)
-        last = f"-0x{pfn + count - 1:x}" if count > 1 else ""
-        segs.append(LinearSegment(pfn * ps, count * ps, buf, pages_sh.sh_offset + page * ps,
-                                  f"PFN 0x{pfn:x}{last} ({SEC_PAGES}[{page}])"))
+    segs = _segments(buf, table, valid, ps, pages_sh.sh_offset)
     frame_to_gpa = MachineFrames(table) if pv else None
     padding = sum(1 for p in table.pfns if p == INVALID) if valid is None else nr - valid
 
