@@ -318,3 +318,12 @@ def test_corrupted_files_never_crash(tmp_path):
                     d.frame_to_gpa(0x2F400)
         except XenrsError:
             pass
+
+
+def test_contexts_of_other_architectures_are_not_misread(tmp_path):
+    data = bytearray(xen_core_file(pv_entries(range(2)), [XenVcpu()], hvm=True))
+    data[18:20] = (183).to_bytes(2, "little")  # e_machine EM_AARCH64 (xg_core.c ELF_ARCH_MACHINE)
+    with open_dump(write(tmp_path, bytes(data))) as d:
+        assert d.details["machine"] == "EM_AARCH64" and d.cpus == ()
+        assert "vcpu_contexts" not in d.details and d.details["vcpus"] == 1
+        assert d.space.read_present(0x1040, 48) == AREA

@@ -55,6 +55,7 @@ NOTE_NONE, NOTE_HEADER, NOTE_XEN_VERSION, NOTE_FORMAT_VERSION = (0x2000000, 0x20
                                                                  0x2000002, 0x2000003)
 XC_CORE_MAGIC, XC_CORE_MAGIC_HVM = 0xF00FEBED, 0xF00FEBEE
 INVALID = (1 << 64) - 1  # XC_CORE_INVALID_PFN / XC_CORE_INVALID_GMFN
+EM_386, EM_X86_64 = 3, 62
 
 HEADER_DESC = Struct("xch_magic" / Int64ul, "xch_nr_vcpus" / Int64ul, "xch_nr_pages" / Int64ul,
                      "xch_page_size" / Int64ul)
@@ -452,8 +453,11 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     hvm = h.xch_magic == XC_CORE_MAGIC_HVM
     width = _guest_width(version, ps, hvm)
     prstatus = _section(buf, sections, SEC_PRSTATUS, required=False)
+    # vcpu_guest_context is per architecture: only x86's is declared here (an Arm dump-core's
+    # pages and table read the same, its contexts are left out rather than misread).
+    x86 = eh.e_machine in (EM_386, EM_X86_64)
     records, cpus = (_vcpus(buf, prstatus, h.xch_nr_vcpus, width, frame_to_gpa)
-                     if prstatus is not None else ([], []))
+                     if prstatus is not None and x86 else ([], []))
 
     fmt = versions.get(NOTE_FORMAT_VERSION, b"")
     details: dict[str, Any] = {
