@@ -177,9 +177,6 @@ class FrameTable:
         self.pfns = raw[0::2] if pv else raw
         self.mfns = raw[1::2] if pv else None
 
-    def __len__(self) -> int:
-        return len(self.pfns)
-
 
 def _ascending_prefix(pfns: array) -> int | None:
     """The number of valid entries if they are strictly ascending and followed only by
@@ -366,6 +363,9 @@ def _vcpus(buf, sh, count: int, width: int,
     records, cpus = [], []
     ctx = CTX_X86_64 if width == 8 else CTX_X86_32
     stride = sh.sh_entsize or CTX_SLOT
+    if stride < ctx.sizeof():
+        raise BadDumpError(f"{SEC_PRSTATUS} entries of {stride} bytes cannot hold a "
+                           f"{ctx.sizeof()}-byte vcpu_guest_context", offset=sh.sh_offset)
     count = min(count, sh.sh_size // stride)
     for i in range(count):
         c = parse(ctx, buf, sh.sh_offset + i * stride, f"vcpu_guest_context {i}")
