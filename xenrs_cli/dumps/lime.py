@@ -222,8 +222,9 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
                                    "missing (truncated image?)", offset=end)
             stated = int.from_bytes(buf[end:end + 8], "little")
             if stated != end - data_at:
-                raise BadDumpError(f"AVML block at GPA 0x{h.s_addr:x}: stream of 0x{end - data_at:x}"
-                                   f" bytes, its trailer says 0x{stated:x}", offset=end)
+                raise BadDumpError(f"AVML block at GPA 0x{h.s_addr:x}: stream of "
+                                   f"0x{end - data_at:x} bytes, its trailer says 0x{stated:x}",
+                                   offset=end)
             entry["compressed"] = stated
             segs.append(seg)
             cur = end + 8

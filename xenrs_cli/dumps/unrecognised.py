@@ -4,9 +4,9 @@ Checked before falling back to ``raw`` so that a migration stream or a compresse
 clear error instead of garbage decodes. Signatures: QEMU ``migration/savevm.c``
 (``QEMU_VM_FILE_MAGIC`` "QEVM"), libvirt ``qemu_saveimage.h`` ("LibvirtQemudSave"/"Part"),
 Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), VMware checkpoint states (crash
-``vmware_vmss.h``), the pre-kdump ``DISKDUMP`` format, and common compressors. Xen ``xl dump-core`` is an ELF file that ``xen_core`` reads; the
-ELF reader, when forced onto one, recognises it by its section names and calls
-:func:`refuse_xen_dump_core`.
+``vmware_vmss.h``), the pre-kdump ``DISKDUMP`` format, and common compressors. Xen
+``xl dump-core`` is an ELF file that ``xen_core`` reads; the ELF reader, when forced onto one,
+recognises it by its section names and calls :func:`refuse_xen_dump_core`.
 """
 
 from __future__ import annotations

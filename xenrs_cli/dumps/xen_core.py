@@ -390,9 +390,9 @@ def _vcpus(buf, sh, count: int, width: int,
             if width == 8:
                 rec["user_cr3"] = f"0x{cr[1]:x}"
         records.append(rec)
-        cpus.append(CpuState(i, cr0=cr[0], cr3=cr3, cr4=cr[4], efer=None,
-                             source=SEC_PRSTATUS + ("" if frame_to_gpa is None else " (PV: CR3 is a machine "
-                                                    "frame; see frame_to_gpa)")))
+        source = SEC_PRSTATUS if frame_to_gpa is None else \
+            f"{SEC_PRSTATUS} (PV: CR3 holds a machine frame; see frame_to_gpa)"
+        cpus.append(CpuState(i, cr0=cr[0], cr3=cr3, cr4=cr[4], efer=None, source=source))
     return records, cpus
 
 
@@ -425,8 +425,9 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     notes = parse_notes(buf, note_sh.sh_offset, note_sh.sh_size, True, SEC_NOTE)
     h = _header(notes)
     if h.xch_magic not in (XC_CORE_MAGIC, XC_CORE_MAGIC_HVM):
-        raise BadDumpError(f"{SEC_NOTE} header magic 0x{h.xch_magic:x} is neither 0x{XC_CORE_MAGIC:x}"
-                           f" (PV) nor 0x{XC_CORE_MAGIC_HVM:x} (HVM)", offset=note_sh.sh_offset)
+        raise BadDumpError(f"{SEC_NOTE} header magic 0x{h.xch_magic:x} is neither "
+                           f"0x{XC_CORE_MAGIC:x} (PV) nor 0x{XC_CORE_MAGIC_HVM:x} (HVM)",
+                           offset=note_sh.sh_offset)
     ps = h.xch_page_size
     if not (1024 <= ps <= 1 << 16 and ps & (ps - 1) == 0):
         raise BadDumpError(f"{SEC_NOTE} header: page size {ps} is not a power of two from 1 KiB "
