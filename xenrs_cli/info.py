@@ -25,6 +25,15 @@ def describe(d: Dump, name: str) -> dict[str, Any]:
         "gpa_end": f"0x{d.space.end:x}",
         "bytes": totals,
         "vcpus": d.details.get("vcpus"),
+        "cpus": [_cpu(c) for c in d.cpus],
         "extents": extents,
         "details": {k: v for k, v in d.details.items() if k != "vcpus"},
     }
+
+
+def _cpu(c) -> dict[str, Any]:
+    """A vCPU's page-table root and paging mode (SPEC §8), where the dump records them."""
+    from xenrs_cli.paging import mode_of
+
+    return {"vcpu": c.index, "cr3": None if c.cr3 is None else f"0x{c.cr3:x}",
+            "paging": mode_of(c), "source": c.source}
