@@ -16,7 +16,7 @@ def describe(d: Dump, name: str) -> dict[str, Any]:
                         "status": e.status.value, "file_offset": e.file_offset,
                         "detail": e.detail})
         totals[e.status.value] = totals.get(e.status.value, 0) + e.size
-    return {
+    out: dict[str, Any] = {
         "dump": name,
         "format": d.format,
         "variant": d.variant,
@@ -25,10 +25,12 @@ def describe(d: Dump, name: str) -> dict[str, Any]:
         "gpa_end": f"0x{d.space.end:x}",
         "bytes": totals,
         "vcpus": d.details.get("vcpus"),
-        "cpus": [_cpu(c) for c in d.cpus],
         "extents": extents,
         "details": {k: v for k, v in d.details.items() if k != "vcpus"},
     }
+    if d.cpus:  # SPEC §8: each vCPU's page-table root and mode, where the dump records them
+        out["cpus"] = [_cpu(c) for c in d.cpus]
+    return out
 
 
 def _cpu(c) -> dict[str, Any]:
