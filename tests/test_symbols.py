@@ -144,3 +144,12 @@ def test_vcpus_from_what_the_dump_records(tmp_path):
         rec, obj = job()
     assert obj["vcpu"] == 1 and obj["gpa"] == "0x1ff1" and rec.raw == area(1)
     assert list(obj)[0] == "vcpu"
+
+
+def test_options_that_need_va_or_vcpus(tmp_path):
+    raw = tmp_path / "g.raw"
+    raw.write_bytes(bytes(0x3000))
+    one_line_error(cli("decode", raw, "--gpa", "0x100", "--symbols", "System.map"), 2,
+                   "--symbols", "--vcpus")
+    one_line_error(cli("decode", raw, "--gpa", "0x100", "--cpu", "1"), 2, "--va")
+    one_line_error(cli("decode", raw, "--vcpus", "--symbols", raw, "--cpus", "0"), 2, "--cpus")

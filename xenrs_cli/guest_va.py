@@ -247,7 +247,7 @@ def linux_areas(dump: Dump, table, kaslr: int, cpus: int | None,
     elif cpus is not None:
         count = cpus
     elif dump.cpus or dump.details.get("vcpus"):
-        count = len(dump.cpus) or dump.details["vcpus"]
+        count = min(len(dump.cpus) or dump.details["vcpus"], MAX_CPUS)
     else:
         raise UsageError(f"{table.path} does not name nr_cpu_ids and the dump does not say how "
                          "many vCPUs it has: give --cpus N")

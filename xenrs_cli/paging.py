@@ -105,7 +105,7 @@ class PageWalker:
 
     # -- the root ---------------------------------------------------------------------------
 
-    def _root(self) -> int:
+    def _root(self, va: int) -> int:
         """GPA of the top table: CR3 bits 51:12 (4/5-level, PCID in 11:0), 31:5 (PAE), 31:12."""
         if self.mode == "pae":
             base = self.cr3 & 0xFFFF_FFE0
@@ -113,7 +113,7 @@ class PageWalker:
             base = self.cr3 & 0xFFFF_F000
         else:
             base = self.cr3 & ADDR_64
-        return self._frame(base, self.levels[0].name, None, base, None) | base & (PAGE_4K - 1)
+        return self._frame(base, "CR3", None, va, None) | base & (PAGE_4K - 1)
 
     def _frame(self, addr: int, level: str, entry_gpa: int | None, va: int,
                entry: int | None) -> int:
@@ -123,8 +123,7 @@ class PageWalker:
         frame = addr >> PAGE_SHIFT
         gpa_frame = self._frame_to_gpa(frame)
         if gpa_frame is None:
-            where = "CR3" if entry_gpa is None else level
-            raise PageWalkError(va, where, entry_gpa if entry_gpa is not None else addr,
+            raise PageWalkError(va, level, entry_gpa if entry_gpa is not None else addr,
                                 f"names frame 0x{frame:x}, which the dump's frame map "
                                 "(p2m) does not hold", cr3=self.cr3, entry=entry)
         return gpa_frame << PAGE_SHIFT
@@ -153,7 +152,7 @@ class PageWalker:
     def translate(self, va: int) -> tuple[int, int]:
         """``(gpa, page_size)``: the GPA of ``va`` and the size of the page that maps it."""
         self.check_va(va)
-        table = self._root()
+        table = self._root(va)
         for i, level in enumerate(self.levels):
             index = (va >> level.shift) & ((1 << level.bits) - 1)
             entry_gpa = table + index * level.entry_size

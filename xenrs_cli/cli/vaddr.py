@@ -64,7 +64,17 @@ def decode_jobs(d, dump: str, layout: str, allow_missing: bool, vas: tuple, vcpu
     """One callable per record ``decode`` prints for ``--va`` and ``--vcpus``; each returns
     ``(Decoded, record)`` or raises the :class:`InputError` of that record."""
     from xenrs_cli import guest_va
+    from xenrs_cli.errors import UsageError
 
+    if not vcpus:
+        given = [o for o, v in (("--symbols", symbols), ("--kaslr-offset", kaslr),
+                                ("--cpus", cpus)) if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to --vcpus")
+        if not vas and paging != guest_va.Paging():
+            raise UsageError("--cr3, --cpu and --paging apply to --va and --vcpus")
+    if cpus is not None and not 0 < cpus <= guest_va.MAX_CPUS:
+        raise UsageError(f"--cpus {cpus}: give 1..{guest_va.MAX_CPUS}")
     for va in vas:
         yield lambda va=va: _va_record(d, dump, va, layout, allow_missing, paging, None)
     if not vcpus:

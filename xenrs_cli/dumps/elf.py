@@ -321,9 +321,7 @@ def _qemu_cpu(index: int, desc: bytes) -> dict[str, Any]:
     if len(desc) < QEMU_CPU_STATE.sizeof():
         return {"vcpu": index, "error": f"QEMU note of {len(desc)} bytes, too short"}
     s = QEMU_CPU_STATE.parse(desc[:QEMU_CPU_STATE.sizeof()])
-    # Long mode is not in QEMUCPUState (no EFER): 64-bit code needs CR0.PG, CR4.PAE and a CS
-    # with the L bit (Intel SDM 5.2.1); a 32-bit CS under LMA (compat mode) reads as protected.
-    if s.cr0 & CR0_PG and s.cr4 & CR4_PAE and s.cs.flags & DESC_L_MASK:
+    if _infer_efer(s):  # long mode, as the CS L bit says (compat mode reads as protected)
         mode = "long (64-bit)"
     elif s.cr0 & CR0_PE:
         mode = "protected"
