@@ -307,7 +307,7 @@ def test_default_cr3_is_the_first_vcpu_that_maps_the_va(tmp_path):
     assert "tried" not in line  # one CR3 tried: its own error
     one_line_error(cli("decode", path, "--va", va, "--cpu", "0"), 2, "paging off")
     one_line_error(cli("decode", path, "--va", "0xffff888000000000"), 3,
-                   "not present", "tried vCPUs 1 (CR3", "2 (CR3")
+                   "not present", f"with vCPU 1's CR3 {user.cr3:#x}", "vCPUs 2 (CR3")
     info = json.loads(cli("info", path, "--format", "json").stdout)
     assert info["cpus"] == [
         {"vcpu": 0, "cr3": "0x0", "paging": "off", "source": "QEMU note"},

@@ -106,10 +106,12 @@ def translate(dump: Dump, va: int, size: int, paging: Paging) -> tuple[Root, lis
     first = errors[0]
     if len(candidates) == 1 or not isinstance(first, PageWalkError):
         raise first
-    tried = ", ".join(f"{r.cpu} (CR3 0x{r.cr3:x})" for r in candidates)
-    raise type(first)(first.va, first.level, first.entry_gpa,
-                      f"{first.reason}; no vCPU's page tables map it (tried vCPUs {tried})",
-                      cr3=first.cr3, entry=first.entry)
+    others = ", ".join(f"{r.cpu} (CR3 0x{r.cr3:x})" for r in candidates[1:])
+    e = type(first)(first.va, first.level, first.entry_gpa,
+                    f"{first.reason} with vCPU {candidates[0].cpu}'s CR3 0x{first.cr3:x}, and "
+                    f"the page tables of vCPUs {others} do not map it either", entry=first.entry)
+    e.cr3 = first.cr3
+    raise e
 
 
 def read_va(dump: Dump, va: int, size: int, paging: Paging) -> bytes:

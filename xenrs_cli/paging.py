@@ -29,6 +29,7 @@ from xenrs_cli.errors import (BadVirtualAddressError, PageNotPresentError, PageW
 PAGE_SHIFT = 12
 PAGE_4K = 1 << PAGE_SHIFT
 MODES = ("4", "5", "pae", "32")
+MODE_NAMES = {"4": "4-level", "5": "5-level", "pae": "PAE", "32": "32-bit"}
 DEFAULT_MODE = "4"  # SPEC §8: without CPU state or --paging
 
 # Entry bits (SDM 4.3-4.5): present, page size (large page).
@@ -133,12 +134,13 @@ class PageWalker:
     def check_va(self, va: int) -> None:
         if self.mode in ("pae", "32"):
             if not 0 <= va < 1 << 32:
-                raise BadVirtualAddressError(va, f"does not fit in 32 bits ({self.mode} paging)")
+                raise BadVirtualAddressError(va, f"does not fit in 32 bits "
+                                                 f"({MODE_NAMES[self.mode]} paging)")
             return
         width = 57 if self.mode == "5" else 48
         top = va >> (width - 1)
         if not (0 <= va < 1 << 64) or top not in (0, (1 << (65 - width)) - 1):
-            raise BadVirtualAddressError(va, f"is not canonical for {self.mode}-level paging "
+            raise BadVirtualAddressError(va, f"is not canonical for {MODE_NAMES[self.mode]} paging "
                                              f"(bits 63:{width - 1} must be equal)")
 
     def _entry(self, va: int, level: Level, gpa: int) -> int:

@@ -136,7 +136,9 @@ def render_decoded(d: Decoded, obj: dict, show_hex: bool) -> None:
     if obj.get("va") is not None:  # SPEC §8: translated from a guest virtual address
         by = f"vCPU {obj['cpu']}'s " if obj.get("cpu") is not None else ""
         head.append(f"VA {obj['va']}", style="bold")
-        mode = {"4": "4-level", "5": "5-level", "pae": "PAE", "32": "32-bit"}[obj["paging"]]
+        from xenrs_cli.paging import MODE_NAMES
+
+        mode = MODE_NAMES[obj["paging"]]
         head.append(f" ({by}CR3 {obj['cr3']}, {mode} paging) → ", style="dim")
     head.append(f"GPA {obj['gpa']}", style="bold")
     head.append(f"  {'64-bit' if d.layout.name == '64' else 'compat (32-bit)'}")
