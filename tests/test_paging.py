@@ -307,7 +307,7 @@ def test_default_cr3_is_the_first_vcpu_that_maps_the_va(tmp_path):
     assert "tried" not in line  # one CR3 tried: its own error
     one_line_error(cli("decode", path, "--va", va, "--cpu", "0"), 2, "paging off")
     one_line_error(cli("decode", path, "--va", "0xffff888000000000"), 3,
-                   "not present", f"with vCPU 1's CR3 {user.cr3:#x}", "vCPUs 2 (CR3")
+                   "not present", f"with vCPU 1's CR3 {user.cr3:#x}", "nor do the page tables of vCPU 2's (CR3")
     info = json.loads(cli("info", path, "--format", "json").stdout)
     assert info["cpus"] == [
         {"vcpu": 0, "cr3": "0x0", "paging": "off", "source": "QEMU note"},
@@ -338,3 +338,25 @@ def test_kdump_notes_give_cpu_state(tmp_path):
         assert d.cpus == (CpuState(0, CR0_PG_PE, t.cr3, 0x20, 0x500, "QEMU note"),)
     r = cli("decode", path, "--va", hex(KVA["4"] + 0x40), "--format", "json", "--layout", "64")
     assert json.loads(r.stdout)["raw"] == AREA.hex()
+
+
+@pytest.mark.parametrize("l5", [0, 1])
+def test_vmcoreinfo_kernel_tables_when_notes_carry_no_cr3(tmp_path, l5):
+    """A Linux vmcore's NT_PRSTATUS notes have no CR3; VMCOREINFO names the kernel's own tables
+    (init_top_pgt at VA - __START_KERNEL_map + phys_base), which map every kernel address."""
+    mode = "5" if l5 else "4"
+    mem = Memory()
+    t = Tables(mem, mode, 0x500)             # root at GPA 0x500000
+    t.map(KVA[mode], 0x20_5000)
+    mem.write(0x20_5040, AREA)
+    info = (f"OSRELEASE=6.1.0\nSYMBOL(init_top_pgt)=ffffffff80400000\nNUMBER(phys_base)=1048576\n"
+            f"NUMBER(pgtable_l5_enabled)={l5}\nKERNELOFFSET=0\n").encode()
+    path = tmp_path / "vmcore"
+    path.write_bytes(elf_core([Load(0, mem.image(MEM_SIZE))],
+                              [Note(b"CORE", 1, bytes(336)), Note(b"VMCOREINFO", 0, info)]))
+    r = cli("decode", path, "--va", hex(KVA[mode] + 0x40), "--layout", "64", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert (rec["cr3"], rec["paging"], rec["cpu"], rec["cr3_from"], rec["gpa"]) == (
+        "0x500000", mode, None, "VMCOREINFO init_top_pgt", "0x205040")
+    assert rec["raw"] == AREA.hex()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from xenrs_cli.address_space import AddressSpace, Piece, check_present
+from xenrs_cli.address_space import GPA_LIMIT, AddressSpace, Piece, check_present
 from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.decode import AUTO, Decoded, decode_at, hexaddr
 from xenrs_cli.dumps import Dump
@@ -45,6 +45,12 @@ class Root:
     mode: str
     cpu: int | None
     pse: bool = True
+    source: str = "--cr3"  # where the root came from when it is no vCPU's
+
+    @property
+    def origin(self) -> str:
+        """``vCPU 1``, ``--cr3`` or ``VMCOREINFO init_top_pgt`` (the record's ``cr3_from``)."""
+        return f"vCPU {self.cpu}" if self.cpu is not None else self.source
 
 
 def _cpu(dump: Dump, index: int) -> CpuState:
@@ -66,7 +72,8 @@ def _shared_mode(dump: Dump) -> str | None:
 
 def roots(dump: Dump, paging: Paging) -> list[Root]:
     """The page tables to try, in order (SPEC §8): ``--cr3``; else ``--cpu N``'s CR3; else
-    every vCPU that has one. ``--paging`` wins over the mode the CPU state implies."""
+    every vCPU that has one, then the kernel's tables named by VMCOREINFO. ``--paging`` wins
+    over the mode the CPU state implies."""
     if paging.cpu is not None:
         cpu = _cpu(dump, paging.cpu)
         mode = paging.mode or mode_of(cpu)
@@ -82,11 +89,39 @@ def roots(dump: Dump, paging: Paging) -> list[Root]:
         return [Root(paging.cr3, paging.mode or _shared_mode(dump) or DEFAULT_MODE, None)]
     out = [Root(c.cr3, paging.mode or mode_of(c) or DEFAULT_MODE, c.index, _pse(c))
            for c in dump.cpus if c.cr3 is not None and mode_of(c) != "off"]
+    kernel = _kernel_root(dump.details.get("vmcoreinfo"), paging.mode)
+    if kernel is not None:
+        out.append(kernel)
     if not out:
         what = (f"its {len(dump.cpus)} vCPUs' notes ({dump.cpus[0].source}) carry no CR3"
                 if dump.cpus else "it records no vCPU state")
-        raise UsageError(f"no page tables to translate with: {what}; give --cr3 (and --paging)")
+        raise UsageError(f"no page tables to translate with: {what}, nor does it have an x86-64 "
+                         "VMCOREINFO; give --cr3 (and --paging)")
     return out
+
+
+START_KERNEL_MAP = 0xFFFF_FFFF_8000_0000  # x86-64 __START_KERNEL_map
+
+
+def _kernel_root(vmcoreinfo: str | None, mode: str | None) -> Root | None:
+    """The kernel's own page tables of an x86-64 Linux guest, from VMCOREINFO, as crash and
+    makedumpfile find them: ``SYMBOL(init_top_pgt)`` at ``__pa_symbol()`` = VA −
+    ``__START_KERNEL_map`` + ``NUMBER(phys_base)``; 5-level if ``NUMBER(pgtable_l5_enabled)``
+    (arch/x86/kernel/vmcore_info_64.c). They map every kernel address, per-CPU areas included,
+    so they come after the vCPUs' CR3s (a vCPU's CR3 may be a user table, as on PV)."""
+    if not vmcoreinfo:
+        return None
+    found = dict(line.split("=", 1) for line in vmcoreinfo.splitlines() if "=" in line)
+    try:
+        va = int(found["SYMBOL(init_top_pgt)"], 16)
+        phys_base = int(found["NUMBER(phys_base)"])
+        l5 = int(found.get("NUMBER(pgtable_l5_enabled)", "0"))
+    except (KeyError, ValueError):
+        return None
+    pa = va - START_KERNEL_MAP + phys_base
+    if not 0 <= pa < GPA_LIMIT:
+        return None
+    return Root(pa, mode or ("5" if l5 else "4"), None, source="VMCOREINFO init_top_pgt")
 
 
 def walker(dump: Dump, root: Root) -> PageWalker:
@@ -106,10 +141,10 @@ def translate(dump: Dump, va: int, size: int, paging: Paging) -> tuple[Root, lis
     first = errors[0]
     if len(candidates) == 1 or not isinstance(first, PageWalkError):
         raise first
-    others = ", ".join(f"{r.cpu} (CR3 0x{r.cr3:x})" for r in candidates[1:])
+    others = ", ".join(f"{r.origin}'s (CR3 0x{r.cr3:x})" for r in candidates[1:])
     e = type(first)(first.va, first.level, first.entry_gpa,
-                    f"{first.reason} with vCPU {candidates[0].cpu}'s CR3 0x{first.cr3:x}, and "
-                    f"the page tables of vCPUs {others} do not map it either", entry=first.entry)
+                    f"{first.reason} with {candidates[0].origin}'s CR3 0x{first.cr3:x}; nor do "
+                    f"the page tables of {others} map it", entry=first.entry)
     e.cr3 = first.cr3
     raise e
 
@@ -202,8 +237,9 @@ def decode_va(dump: Dump, va: int, layout: str = AUTO, allow_missing: bool = Fal
 
 
 def va_fields(v: VaDecoded, obj: dict[str, Any]) -> dict[str, Any]:
-    """The SPEC §3 record ``obj`` with SPEC §8's fields: ``vcpu`` first (``--vcpus``), ``va``,
-    ``cr3``, ``paging`` and ``cpu`` (whose CR3) after ``gpa``; the flag byte's real GPA."""
+    """The SPEC §3 record ``obj`` with SPEC §8's fields: ``vcpu`` first (``--vcpus``); ``va``,
+    ``cr3``, ``paging``, ``cpu`` (whose CR3) and ``cr3_from`` after ``gpa``; the flag byte's
+    real GPA."""
     out: dict[str, Any] = {}
     if v.vcpu is not None:
         out["vcpu"] = v.vcpu
@@ -214,6 +250,7 @@ def va_fields(v: VaDecoded, obj: dict[str, Any]) -> dict[str, Any]:
             out["cr3"] = hexaddr(v.root.cr3)
             out["paging"] = v.root.mode
             out["cpu"] = v.root.cpu
+            out["cr3_from"] = v.root.origin
     out["flag_byte_gpa"] = hexaddr(v.flag_byte_gpa)
     return out
 

@@ -138,7 +138,7 @@ def render_decoded(d: Decoded, obj: dict, show_hex: bool) -> None:
     if obj.get("vcpu") is not None:
         head.append(f"vCPU {obj['vcpu']}  ", style="bold")
     if obj.get("va") is not None:  # SPEC §8: translated from a guest virtual address
-        by = f"vCPU {obj['cpu']}'s " if obj.get("cpu") is not None else ""
+        by = f"{obj['cr3_from']}: " if obj.get("cr3_from") not in (None, "--cr3") else ""
         head.append(f"VA {obj['va']}", style="bold")
         from xenrs_cli.paging import MODE_NAMES
 
