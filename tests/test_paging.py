@@ -360,3 +360,29 @@ def test_vmcoreinfo_kernel_tables_when_notes_carry_no_cr3(tmp_path, l5):
     assert (rec["cr3"], rec["paging"], rec["cpu"], rec["cr3_from"], rec["gpa"]) == (
         "0x500000", mode, None, "VMCOREINFO init_top_pgt", "0x205040")
     assert rec["raw"] == AREA.hex()
+
+
+def test_simulate_and_race_from_dump_at_a_split_va(tmp_path):
+    """--from-dump --va: the before-image is what the guest reads through its tables; the GPA
+    is the VA's translation, so the kvm trace writes the tail at gpa + split_at, with the §8
+    warning saying so."""
+    mem, t = build("4")
+    t.map(KVA["4"], 0x20_5000)
+    t.map(KVA["4"] + K4, 0x10_3000)
+    mem.write(0x20_5FF1, AREA[:15])
+    mem.write(0x10_3000, AREA[15:])
+    path = raw_dump(tmp_path, mem)
+    va = hex(KVA["4"] + K4 - 15)
+    r = cli("simulate", "--from-dump", path, "--va", va, "--cr3", hex(t.cr3), "--format", "json",
+            "--transition", "blocked", "--now", 5_300_000_000)
+    assert r.exit_code == 0, r.stderr
+    writes = [json.loads(line) for line in r.stdout.splitlines()]
+    assert {w["gpa"] for w in writes if w["op"] == "write"} == {"0x205ff1", "0x206000"}
+    assert "KVM" in r.stderr and "0x103000" in r.stderr
+    r = cli("race", "--from-dump", path, "--va", va, "--cr3", hex(t.cr3), "--model", "kvm-6.1",
+            "--format", "json", "-q")
+    rec = json.loads(r.stdout)
+    assert rec["gpa"] == "0x205ff1" and rec["refused"] is True and r.exit_code == 1
+    one_line_error(cli("simulate", "--va", va), 2, "--from-dump")
+    one_line_error(cli("simulate", "--from-dump", path, "--va", va, "--gpa", "0x1000"), 2,
+                   "exclusive")
