@@ -110,3 +110,17 @@ def test_cli_subprocess_on_the_plain_kdump():
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout)
     assert (rec["gpa"], rec["state"], rec["cr3"]) == (area["gpa"], "offline", "0xaa10000")
+
+
+@pytest.mark.parametrize("point,name", [("p1", "p1.elf"), ("p3", realxen.FLAT["p3"])])
+def test_xen_s_own_copies_through_its_direct_map(point, name):
+    """Xen maps its direct map (VA = directmap_virt_start + machine address) into every PV
+    page table, the user one of p1's CPU 0 included: each Xen-internal copy lands on its
+    machine address with every CPU's CR3."""
+    start = int(realxen.manifest()["directmap_virt_start"], 16)
+    copies = realxen.truth(point)["xen_internal_copies"]
+    for cpu in range(3):
+        args = [a for c in copies for a in ("--va", hex(start + int(c["maddr"], 16)))]
+        recs = records(realxen.dump_arg(name), *args, "--cpu", cpu, "--layout", "64")
+        assert [(r["gpa"], r["raw"], r["cr3_from"]) for r in recs] == [
+            (c["maddr"], c["hex"], f"vCPU {cpu}") for c in copies]
