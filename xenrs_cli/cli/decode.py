@@ -28,7 +28,7 @@ from xenrs_cli.layouts import LAYOUTS
                    "where the dump records the registered areas.")
 @click.option("--symbols", default=None, metavar="FILE",
               help="--vcpus: the guest kernel's System.map or /proc/kallsyms text.")
-@click.option("--kaslr-offset", type=NUMBER, default=None,
+@click.option("--kaslr-offset", type=NUMBER, default=None, metavar="OFFSET",
               help="--symbols: KASLR offset [default: from the dump's VMCOREINFO, else 0].")
 @click.option("--cpus", type=int, default=None, metavar="N",
               help="--vcpus: CPU count when the symbols lack nr_cpu_ids [default: the dump's].")

@@ -38,7 +38,7 @@ VA = VaType()
 def paging_options(f: Callable) -> Callable:
     """``--cr3``, ``--cpu``, ``--paging``: which page tables translate a ``--va``."""
     options = [
-        click.option("--cr3", type=NUMBER, default=None,
+        click.option("--cr3", type=NUMBER, default=None, metavar="CR3",
                      help="Root of the page tables for --va [default: the dump's CPU state]."),
         click.option("--cpu", "cpu_index", type=int, default=None, metavar="N",
                      help="Translate --va with vCPU N's CR3 and paging mode [default: the first "
