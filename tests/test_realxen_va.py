@@ -124,3 +124,12 @@ def test_xen_s_own_copies_through_its_direct_map(point, name):
         recs = records(realxen.dump_arg(name), *args, "--cpu", cpu, "--layout", "64")
         assert [(r["gpa"], r["raw"], r["cr3_from"]) for r in recs] == [
             (c["maddr"], c["hex"], f"vCPU {cpu}") for c in copies]
+
+
+def test_tables_outside_a_partial_dump_are_named_absent():
+    """p1.areas.raw holds GPA 0x17000000-0x18000000 only: vCPU 1's top table (0xdac8000) is not
+    in it, and the error says so instead of walking zeros."""
+    area = realxen.truth("p1")["true_areas"][0]
+    cr3 = realxen.truth("p1")["qemu_cpus"][1]["cr3"]
+    one_line_error(cli("decode", realxen.dump_arg("p1.areas.raw"), "--va", area["guest_va"],
+                       "--cr3", cr3), 3, "PML4E", f"GPA {int(cr3, 16) + 0x888:#x}", "absent")
