@@ -133,3 +133,43 @@ def test_tables_outside_a_partial_dump_are_named_absent():
     cr3 = realxen.truth("p1")["qemu_cpus"][1]["cr3"]
     one_line_error(cli("decode", realxen.dump_arg("p1.areas.raw"), "--va", area["guest_va"],
                        "--cr3", cr3), 3, "PML4E", f"GPA {int(cr3, 16) + 0x888:#x}", "absent")
+
+
+# -- the xl dump-core of a PV domU: page tables of machine frames, through .xen_p2m ------------
+
+DOMU_KALLSYMS = Path(__file__).parent / "data" / "domu1.kallsyms"  # domu_manifest's symbols
+
+
+def test_domu_kallsyms_file_is_the_manifest_s():
+    got = {name: f"0x{int(addr, 16):x}"
+           for addr, _, name in map(str.split, DOMU_KALLSYMS.read_text().splitlines())}
+    assert got == realxen.domu_manifest()["domU_kallsyms"]
+
+
+def test_dump_core_va_through_the_p2m():
+    """CR3 from .xen_prstatus (ctrlreg[3], a machine address), every table frame an MFN mapped
+    back to a PFN: each area lands on its PFN, at the file offset the manifest gives."""
+    areas = realxen.domu_manifest()["domU_areas"]
+    core = realxen.dump_arg("du1.core")
+    recs = records(core, *[a for x in areas for a in ("--va", x["guest_va"])], "--layout", "64")
+    for rec, area in zip(recs, areas, strict=True):
+        gpa = int(area["pfn"], 16) << 12 | int(area["guest_va"], 16) & 0xFFF
+        # the default is the first vCPU whose tables map the VA: vCPU 0's kernel table
+        assert (rec["gpa"], rec["raw"], rec["cr3"], rec["cpu"]) == (
+            hex(gpa), area["hex"], areas[0]["prstatus_ctrlreg3_kernel_cr3"], 0)
+        assert [p["file_offset"] for p in rec["pieces"]] == [int(area["offset_in_dump_core"], 16)]
+        (own,) = records(core, "--va", area["guest_va"], "--cpu", area["vcpu"], "--layout", "64")
+        assert (own["gpa"], own["cr3"]) == (hex(gpa), area["prstatus_ctrlreg3_kernel_cr3"])
+    # the user page table (ctrlreg[1]) has no kernel half; a frame outside the p2m is named
+    one_line_error(cli("decode", core, "--va", areas[0]["guest_va"], "--cr3",
+                       areas[0]["prstatus_ctrlreg1_user_cr3"]), 3, "PML4E", "not present")
+    one_line_error(cli("decode", core, "--va", areas[0]["guest_va"], "--cr3", "0x1000"), 3,
+                   "CR3", "frame 0x1,", "p2m")
+
+
+def test_dump_core_vcpus_from_kernel_symbols():
+    areas = realxen.domu_manifest()["domU_areas"]
+    recs = records(realxen.dump_arg("du1.core"), "--vcpus", "--symbols", DOMU_KALLSYMS,
+                   "--layout", "64")
+    assert [(r["vcpu"], r["va"], r["raw"], r["state"]) for r in recs] == [
+        (a["vcpu"], a["guest_va"], a["hex"], a["state_name"]) for a in areas]

@@ -140,7 +140,8 @@ def test_vcpus_from_what_the_dump_records(tmp_path):
     raw.write_bytes(mem.image(0x4000))
     with open_dump(str(raw)) as d:
         d.registered_runstate = {1: 0x1FF1}
-        (job,) = decode_jobs(d, "g.raw", "64", False, (), True, None, None, None, Paging())
+        (job,) = decode_jobs(d, "g.raw", "64", False, "any", (), True, None, None, None,
+                             Paging())
         rec, obj = job()
     assert obj["vcpu"] == 1 and obj["gpa"] == "0x1ff1" and rec.raw == area(1)
     assert list(obj)[0] == "vcpu"

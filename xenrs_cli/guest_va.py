@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from xenrs_cli.accounting import DEFAULT_HYPERVISOR
 from xenrs_cli.address_space import GPA_LIMIT, AddressSpace, Piece, check_present
 from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.decode import AUTO, Decoded, decode_at, hexaddr
@@ -224,12 +225,14 @@ def kvm_warning(view: VirtualView, size: int) -> str | None:
 
 
 def decode_va(dump: Dump, va: int, layout: str = AUTO, allow_missing: bool = False,
-              paging: Paging = Paging(), vcpu: int | None = None) -> VaDecoded:
+              paging: Paging = Paging(), vcpu: int | None = None,
+              hypervisor: str = DEFAULT_HYPERVISOR) -> VaDecoded:
     """Decode the runstate area at virtual ``va`` (see :func:`decode_at` for the rest)."""
     size = max(lay.size for lay in LAYOUTS.values()) if layout == AUTO else LAYOUTS[layout].size
     root, spans = translate(dump, va, size, paging)
     view = VirtualView(dump.space, va, spans)
-    rec = decode_at(view, view.base, layout, allow_missing)  # type: ignore[arg-type]
+    rec = decode_at(view, view.base, layout, allow_missing,  # type: ignore[arg-type]
+                    hypervisor)
     warning = kvm_warning(view, rec.layout.size)
     if warning:
         rec = replace(rec, warnings=rec.warnings + (warning,))

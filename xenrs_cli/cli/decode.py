@@ -6,7 +6,7 @@ import click
 
 from xenrs_cli.cli.common import (GPA_OR_STDIN, NUMBER, CsvEmitter, common_options,
                                   dump_format_option, emit_json, expand_gpas, format_option,
-                                  resolve_format, warn)
+                                  hypervisor_option, resolve_format, warn)
 from xenrs_cli.cli.vaddr import VA, decode_jobs, paging_from, paging_options
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
@@ -34,7 +34,9 @@ from xenrs_cli.layouts import LAYOUTS
               help="--vcpus: CPU count when the symbols lack nr_cpu_ids [default: the dump's].")
 @format_option()
 @click.option("--strict", is_flag=True,
-              help="Exit 1 if a record is mid-update, inconsistent or has an unknown state.")
+              help="Exit 1 if a record is mid-update, has an unknown state, or has an "
+                   "accounting the --hypervisor cannot leave.")
+@hypervisor_option
 @click.option("--allow-missing", is_flag=True,
               help="Decode what is in the dump; fields over missing bytes are null.")
 @click.option("--hex", "show_hex", is_flag=True,
@@ -44,6 +46,7 @@ from xenrs_cli.layouts import LAYOUTS
 def decode(dump: str, gpas: tuple, layout: str, vas: tuple, cr3: int | None,
            cpu_index: int | None, paging: str | None, vcpus: bool, symbols: str | None,
            kaslr_offset: int | None, cpus: int | None, fmt: str | None, strict: bool,
+           hypervisor: str,
            allow_missing: bool, show_hex: bool, dump_format: str) -> int:
     """Decode the vcpu_runstate_info at each GPA of DUMP.
 
@@ -71,10 +74,11 @@ def decode(dump: str, gpas: tuple, layout: str, vas: tuple, cr3: int | None,
     with open_dump(dump, dump_format) as d:
         out = _sink(fmt, show_hex)
         failed = finding = False
-        jobs = [lambda gpa=gpa: _record(decode_at(d.space, gpa, layout, allow_missing), dump)
+        jobs = [lambda gpa=gpa: _record(decode_at(d.space, gpa, layout, allow_missing,
+                                                  hypervisor), dump)
                 for gpa in expand_gpas(gpas)]
-        jobs += decode_jobs(d, dump, layout, allow_missing, vas, vcpus, symbols, kaslr_offset,
-                            cpus, paging_from(cr3, cpu_index, paging))
+        jobs += decode_jobs(d, dump, layout, allow_missing, hypervisor, vas, vcpus, symbols,
+                            kaslr_offset, cpus, paging_from(cr3, cpu_index, paging))
         for job in jobs:
             try:
                 rec, obj = job()

@@ -58,8 +58,8 @@ def paging_from(cr3: int | None, cpu_index: int | None, mode: str | None):
     return Paging(cr3, cpu_index, mode)
 
 
-def decode_jobs(d, dump: str, layout: str, allow_missing: bool, vas: tuple, vcpus: bool,
-                symbols: str | None, kaslr: int | None, cpus: int | None,
+def decode_jobs(d, dump: str, layout: str, allow_missing: bool, hypervisor: str, vas: tuple,
+                vcpus: bool, symbols: str | None, kaslr: int | None, cpus: int | None,
                 paging) -> Iterator[Callable[[], tuple[Any, dict]]]:
     """One callable per record ``decode`` prints for ``--va`` and ``--vcpus``; each returns
     ``(Decoded, record)`` or raises the :class:`InputError` of that record."""
@@ -76,7 +76,7 @@ def decode_jobs(d, dump: str, layout: str, allow_missing: bool, vas: tuple, vcpu
     if cpus is not None and not 0 < cpus <= guest_va.MAX_CPUS:
         raise UsageError(f"--cpus {cpus}: give 1..{guest_va.MAX_CPUS}")
     for va in vas:
-        yield lambda va=va: _va_record(d, dump, va, layout, allow_missing, paging, None)
+        yield lambda va=va: _va_record(d, dump, va, layout, allow_missing, hypervisor, paging, None)
     if not vcpus:
         return
     if symbols is not None:
@@ -90,26 +90,28 @@ def decode_jobs(d, dump: str, layout: str, allow_missing: bool, vas: tuple, vcpu
         areas = guest_va.recorded_areas(d)
     for area in areas:
         if area.va is not None:
-            yield lambda a=area: _va_record(d, dump, a.va, layout, allow_missing, paging, a.vcpu)
+            yield lambda a=area: _va_record(d, dump, a.va, layout, allow_missing, hypervisor, paging,
+                                                a.vcpu)
         else:
-            yield lambda a=area: _gpa_record(d, dump, a.gpa, layout, allow_missing, a.vcpu)
+            yield lambda a=area: _gpa_record(d, dump, a.gpa, layout, allow_missing, hypervisor,
+                                                 a.vcpu)
 
 
-def _va_record(d, dump, va, layout, allow_missing, paging, vcpu):
+def _va_record(d, dump, va, layout, allow_missing, hypervisor, paging, vcpu):
     from xenrs_cli.decode import to_json_dict
     from xenrs_cli.guest_va import decode_va, kvm_warning, va_fields
 
-    v = decode_va(d, va, layout, allow_missing, paging, vcpu)
+    v = decode_va(d, va, layout, allow_missing, paging, vcpu, hypervisor)
     hazard = kvm_warning(v.view, v.decoded.layout.size)
     if hazard:
         warn(f"VA 0x{va:x}: {hazard}")
     return v.decoded, va_fields(v, to_json_dict(v.decoded, dump))
 
 
-def _gpa_record(d, dump, gpa, layout, allow_missing, vcpu):
+def _gpa_record(d, dump, gpa, layout, allow_missing, hypervisor, vcpu):
     from xenrs_cli.decode import decode_at, to_json_dict
 
-    rec = decode_at(d.space, gpa, layout, allow_missing)
+    rec = decode_at(d.space, gpa, layout, allow_missing, hypervisor)
     return rec, {"vcpu": vcpu, **to_json_dict(rec, dump)}
 
 
