@@ -158,7 +158,7 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
     """
     head = (-gpa) % 8  # bytes before the first 8-aligned GPA of the window
     words = (len(buf) - head) // 8
-    if words <= 0:
+    if words <= 0 or (below is not None and threshold >= below):
         return
     aligned = np.ndarray((words,), dtype="<u8", buffer=buf, offset=head)
     lo = np.uint64(threshold)
