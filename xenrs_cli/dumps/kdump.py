@@ -31,7 +31,7 @@ from construct import Bytes, Int32sl, Int32ul, Int64sl, Int64ul, Struct
 from xenrs_cli.address_space import GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, Segment, Status
 from xenrs_cli.dumps import Dump, codecs, flattened, source
 from xenrs_cli.binary import compiled, parse
-from xenrs_cli.dumps.elf import parse_notes, summarise_notes
+from xenrs_cli.dumps.elf import cpu_states, parse_notes, summarise_notes
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
 from xenrs_cli.files import MappedFile
 
@@ -600,13 +600,14 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     details["incomplete"] = flagged or truncated
     if truncated:
         details["truncated"] = True
-    details.update(_notes(data, h, sub))
+    notes = _note_list(data, h, sub)
+    details.update(_notes(data, h, sub, notes))
     if h.nr_cpus > 0:
         details["vcpus"] = h.nr_cpus
     if container == "flattened":
         details["flattened_records"] = data.records
     return Dump(mapped.name, "kdump", AddressSpace(segs, bs), mapped,
-                f"{container}, {'+'.join(compression)}", details)
+                f"{container}, {'+'.join(compression)}", details, cpus=cpu_states(notes, True))
 
 
 def _details(h, sub, variant: str, container: str, max_mapnr: int,
@@ -676,23 +677,28 @@ def _data_end(pages: Pages, n_dumped: int, desc_at: int) -> int:
         return 0
     lo = desc_at + DESC_SIZE * (0 if n_dumped <= DESC_STATS_LIMIT else n_dumped - 1)
     table = pages.data[lo:desc_at + n_dumped * DESC_SIZE]
-    return max(offset + size for offset, size, _, _ in _DESC.iter_unpack(table)
-               if not (pages.incomplete and offset == 0)) if table else 0
+    return max((offset + size for offset, size, _, _ in _DESC.iter_unpack(table)
+                if not (pages.incomplete and offset == 0)), default=0)
 
 
 VMCOREINFO_MAX = 1 << 20  # Linux's is a page (VMCOREINFO_BYTES); refuse a claim beyond 1 MiB
 NOTES_MAX = 64 << 20  # a note per CPU of a few KiB: 64 MiB is > 8192 CPUs' worth
 
 
-def _notes(data, h, sub) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    # Each size is checked against the file and a sane bound before a byte is copied.
+def _note_list(data, h, sub) -> list[tuple[str, int, bytes]]:
     if h.header_version >= 4 and sub.size_note:
+        # Checked against the file and a sane bound before a byte is copied.
         if sub.size_note > NOTES_MAX or sub.offset_note + sub.size_note > len(data):
             raise BadDumpError(f"kdump notes of {sub.size_note} bytes at 0x{sub.offset_note:x} "
                                "run past the end of the file or any plausible size",
                                offset=sub.offset_note)
-        notes = parse_notes(data, sub.offset_note, sub.size_note, True, "kdump notes")
+        return parse_notes(data, sub.offset_note, sub.size_note, True, "kdump notes")
+    return []
+
+
+def _notes(data, h, sub, notes: list[tuple[str, int, bytes]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if notes:
         out.update(summarise_notes(notes, True))
     if h.header_version >= 3 and sub.size_vmcoreinfo and "vmcoreinfo" not in out:
         at = sub.offset_vmcoreinfo
