@@ -18,7 +18,6 @@ in a 64-bit and a 32-bit variant (``timeval`` of 16 or 8 bytes): no field names 
 
 from __future__ import annotations
 
-import bisect
 import re
 from array import array
 from collections import OrderedDict
@@ -241,8 +240,8 @@ class PageDesc:
     flags: int
 
 
-GROUP_GAP = 1 << 16  # page data this close together is read in one pread
-PARALLEL_PAGES = 64  # a batch of fewer compressed pages is decompressed on this thread
+GROUP_GAP = 1 << 16  # a page this close after the last read continues it (read-ahead grows)
+PARALLEL_PAGES = 64  # a batch of fewer pages is decoded on the calling thread
 
 
 class Pages:
