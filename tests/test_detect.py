@@ -79,10 +79,6 @@ def test_base_is_only_for_raw(tmp_path):
 
 
 FOREIGN = [
-    (b"QEVM\x00\x00\x00\x03" + bytes(100), "a QEMU migration stream",
-     "virsh dump --memory-only --format elf"),
-    (b"LibvirtQemudSave" + bytes(100), "a libvirt saved-domain image (virsh save)",
-     "virsh dump --memory-only --format elf"),
     (b"PAGEDU64" + bytes(100), "a Windows crash dump (QEMU win-dmp)", "dump-guest-memory"),
     (b"DISKDUMP" + bytes(100), "an old-style diskdump file", "open it with crash"),
     (gzip.compress(b"x" * 100), "gzip-compressed", "gzip -dk FILE"),

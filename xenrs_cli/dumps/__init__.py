@@ -24,14 +24,16 @@ FORMATS: dict[str, str] = {
     "raw": "xenrs_cli.dumps.raw",
     "elf": "xenrs_cli.dumps.elf",
     "kdump": "xenrs_cli.dumps.kdump",
+    "qemu-migration": "xenrs_cli.dumps.qemu_migration",
 }
 # formats with a signature, tried in this order before falling back to raw
-SNIFF_ORDER: tuple[str, ...] = ("elf", "kdump")
+SNIFF_ORDER: tuple[str, ...] = ("elf", "kdump", "qemu-migration")
 # The leading bytes each of them starts with: detect() imports a reader (and pays for its
 # construct declarations) only when they match, so a raw image decodes at raw-image cost.
 MAGIC: dict[str, tuple[bytes, ...]] = {
     "elf": (b"\x7fELF",),
     "kdump": (b"KDUMP   ", b"makedumpfile\0"),
+    "qemu-migration": (b"QEVM", b"LibvirtQemudSave", b"LibvirtQemudPart"),
 }
 
 

@@ -1,10 +1,8 @@
 """Inputs that are recognisably not a memory dump xenrs reads, and what to run instead.
 
-Checked before falling back to ``raw`` so that a migration stream or a compressed file gets a
-clear error instead of garbage decodes. Signatures: QEMU ``migration/savevm.c``
-(``QEMU_VM_FILE_MAGIC`` "QEVM"), libvirt ``qemu_saveimage.h`` ("LibvirtQemudSave"/"Part"),
-Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), the pre-kdump ``DISKDUMP``
-format, and common compressors. Xen ``xl dump-core`` is an ELF file: the ELF sniffer recognises
+Checked before falling back to ``raw`` so that a Windows crash dump or a compressed file gets a
+clear error instead of garbage decodes. Signatures: Windows crash dumps ("PAGEDUMP"/"PAGEDU64",
+QEMU ``win-dmp``), the pre-kdump ``DISKDUMP`` format, and common compressors. Xen ``xl dump-core`` is an ELF file: the ELF sniffer recognises
 it by its section names and calls :func:`refuse_xen_dump_core`.
 """
 
@@ -12,13 +10,7 @@ from __future__ import annotations
 
 from xenrs_cli.errors import UnsupportedDumpError
 
-_MEMORY_ONLY = ("take a memory-only dump instead: virsh dump --memory-only --format elf DOMAIN "
-                "FILE, or QMP dump-guest-memory")
-
 SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
-    (b"QEVM", "a QEMU migration stream (savevm / migrate to file)", _MEMORY_ONLY),
-    (b"LibvirtQemudSave", "a libvirt saved-domain image (virsh save)", _MEMORY_ONLY),
-    (b"LibvirtQemudPart", "a partial libvirt saved-domain image", _MEMORY_ONLY),
     (b"PAGEDU64", "a Windows crash dump (QEMU win-dmp)",
      "dump with QMP dump-guest-memory without a format (ELF) instead"),
     (b"PAGEDUMP", "a 32-bit Windows crash dump (QEMU win-dmp)",
