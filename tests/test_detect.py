@@ -36,7 +36,9 @@ SAMPLES = {
 
 
 def test_registered_formats():
-    assert set(FORMATS) == {"raw", "elf", "kdump"} and SNIFF_ORDER == ("elf", "kdump")
+    assert {"raw", "elf", "kdump", "qemu-migration"} <= set(FORMATS)
+    assert SNIFF_ORDER[:2] == ("elf", "kdump") and "qemu-migration" in SNIFF_ORDER
+    assert set(SNIFF_ORDER) == set(FORMATS) - {"raw"}
 
 
 @pytest.mark.parametrize("fmt", list(SAMPLES))

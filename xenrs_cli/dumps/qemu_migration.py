@@ -191,7 +191,11 @@ class Window:
 
 
 def family(machine: str | None) -> str:
-    name = machine or ""
+    if machine is None:
+        raise UnsupportedDumpError(
+            "the migration stream does not name its machine type (no configuration section), "
+            "so where its RAM blocks appear is unknown")
+    name = machine
     if name == "q35" or name.startswith("pc-q35-"):
         return "q35"
     if name in ("pc", "isapc") or name.startswith("pc-i440fx-") or re.match(r"pc-\d", name):
@@ -289,15 +293,11 @@ def layout(fam: str, machine: str, blocks: dict[str, int], pam: bytes | None
         "machine_family": fam,
         "below_4g": f"0x{below:x}",
         "above_4g": f"0x{ram - below:x}",
-        "rule": ("q35: 2 GiB below 4 GiB if RAM >= 2.75 GiB, else up to 2.75 GiB"
-                 if fam == "q35" else
-                 "pc: up to 3.5 GiB below 4 GiB; 3 GiB if RAM >= 3.5 GiB (gigabyte_align)")
-                + "; a max-ram-below-4g machine option would change it",
-        "legacy_window": ("PAM state unknown: 0xc0000-0xfffff read as RAM" if pam is None else
-                          f"0xc0000-0xfffff: {ram_chunks} x 16 KiB RAM, {rom_chunks} x 16 KiB "
-                          "ROM (host bridge PAM registers)"),
-        "vga_window": ("0xa0000-0xbffff is the VGA window (absent)" if vga else
-                       "no VGA device: 0xa0000-0xbffff is RAM"),
+        "rule": f"{fam} default split (a max-ram-below-4g option is not in the stream)",
+        "legacy_window": ("unknown PAM state: RAM" if pam is None else
+                          "ROM (PAM)" if not ram_chunks else "RAM (PAM)" if not rom_chunks else
+                          f"PAM: {ram_chunks} x 16 KiB RAM, {rom_chunks} x 16 KiB ROM"),
+        "vga_window": "VGA (absent)" if vga else "RAM (no VGA device)",
     }
     return out, summary
 
@@ -334,8 +334,13 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     if start == 0 and bytes(buf[:4]) != qs.QEVM_MAGIC:
         raise BadDumpError("not a QEMU migration stream (no QEVM magic)", offset=0)
     stream = qs.walk(buf, size, start)
+    if not stream.blocks and not stream.complete:
+        raise BadDumpError("the migration stream ends before its RAM block list (" +
+                           "; ".join(stream.notes) + ")", offset=stream.end_offset)
     fam = family(stream.machine)
-    pages = {name: BlockPages(buf, size, b, stream.complete) for name, b in stream.blocks.items()}
+    # ram_save_complete writes the mapped-ram bitmaps before the ram section's END record
+    pages = {name: BlockPages(buf, size, b, stream.ram_complete)
+             for name, b in stream.blocks.items()}
     host = vmstate.pci_config(buf, stream.devices, HOST_BRIDGE_VMSD[fam])
     windows, summary = layout(fam, stream.machine or "", {n: b.length for n, b in
                                                             stream.blocks.items()}, host)
@@ -376,6 +381,6 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
         details["notes"] = notes
     variant = "+".join(v for v in ("virsh save" if libvirt else None,
                                    "mapped-ram" if mapped_ram else "precopy",
-                                   None if stream.complete else "incomplete") if v)
+                                   None if stream.ram_complete else "incomplete") if v)
     return Dump(mapped.name, "qemu-migration", AddressSpace(segments, stream.page_size), mapped,
                 variant, details, cpus=cpus, registered_runstate=runstate)

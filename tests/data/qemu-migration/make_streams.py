@@ -63,7 +63,7 @@ def record(name: str, machine: str) -> tuple[dict, bytes]:
     seed = int.from_bytes(hashlib.sha256(f"{machine}/{name}".encode()).digest()[:8], "little")
     state = seed % 4
     times = [(seed >> (8 * i) & 0xFFFF) * 1_000_003 + i for i in range(4)]
-    entry = sum(times) + 12345
+    entry = sum(times)  # consistent: xenrs scan finds it
     blob = struct.pack("<iIQ4Q", state, 0, entry, *times)
     return {"state": state, "state_entry_time": entry, "time": times}, blob
 
@@ -144,20 +144,35 @@ class Tool:
         return [self.binary] + [a for d in self.datadirs for a in ("-L", d)]
 
 
+# examples/guest.mig: a 4 MiB pc guest with the two records of examples/guest.raw
+EXAMPLE_RECORDS = [
+    ("crossing_64", 0x101FF1, struct.pack("<i4sQ4Q", 0, b"\0" * 4, 5_200_000_000, 4_000_000_000,
+                                          200_000_000, 1_000_000_000, 0)),
+    ("compat", 0x102404, struct.pack("<iQ4Q", 1, 7_350_000_000, 5_000_000_000, 1_250_000_000,
+                                     1_100_000_000, 0)),
+]
+
+
 def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict, uri: str,
-                work: Path, out: Path) -> dict:
+                work: Path, boot: bool, ram_mib: int = RAM_MIB, example: bool = False) -> dict:
     blobs = []
     points = []
-    for name, gpa in plant_points(machine):
-        values, blob = record(name, machine)
+    planted = ([(n, g, None, b) for n, g, b in EXAMPLE_RECORDS] if example else
+               [(n, g, *record(n, machine)) for n, g in plant_points(machine)])
+    for name, gpa, values, blob in planted:
+        values = values or {}
         path = work / f"{machine}-{name}.bin"
         path.write_bytes(blob)
         blobs.append((gpa, path))
-        points.append({"name": name, "gpa": f"0x{gpa:x}", "bytes": blob.hex(), **values})
+        points.append({"name": name, "gpa": f"0x{gpa:x}", "planted": blob.hex(), **values})
     sock = str(work / "qmp.sock")
-    argv = tool.argv() + ["-machine", machine, "-m", f"{RAM_MIB}M", "-smp", "2",
-                          "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+    argv = tool.argv() + ["-machine", machine, "-m", f"{ram_mib}M", "-smp", "2",
+                          "-accel", "tcg", "-nodefaults", "-display", "none",
                           "-qmp", f"unix:{sock},server=on,wait=off"]
+    # -S: the vCPUs never run. Booted: SeaBIOS runs (it shadows itself into RAM through the PAM
+    # registers and finds nothing to boot), with a VGA device, and the guest keeps running
+    # during the migration, so pages it dirties (the BIOS tick count at 0x46c) are resent.
+    argv += ["-vga", "std"] if boot else ["-S"]
     for gpa, path in blobs:
         argv += ["-device", f"loader,file={path},addr={gpa:#x},force-raw=on"]
     log = open(work / "qemu.log", "w+")
@@ -166,10 +181,8 @@ def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict
         q = QMP(sock)
         machine_type = next(m["name"] for m in q.ok("query-machines")
                             if m["name"] == machine or m.get("alias") == machine)
-        for p in points:  # QEMU's own view of the planted bytes
-            got = xp_bytes(q, int(p["gpa"], 16), 48)
-            if got.hex() != p["bytes"]:
-                raise RuntimeError(f"{p['name']}: xp reads {got.hex()}, planted {p['bytes']}")
+        if boot:
+            time.sleep(4)  # SeaBIOS under TCG is done in about a second
         mtree = q.hmp("info mtree -f")
         if caps:
             q.ok("migrate-set-capabilities",
@@ -185,6 +198,15 @@ def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict
             if st.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
                 raise RuntimeError(f"migration {variant}: {st}")
             time.sleep(0.1)
+        # the source VM is paused now: what it holds is what the stream must give back
+        for p in points:
+            n = len(p["planted"]) // 2
+            p["bytes"] = xp_bytes(q, int(p["gpa"], 16), n).hex()
+            if not boot and p["bytes"] != p["planted"]:
+                raise RuntimeError(f"{p['name']}: xp reads {p['bytes']}, planted {p['planted']}")
+        bda = {"gpa": "0x400", "bytes": xp_bytes(q, 0x400, 256).hex()}
+        migrated = {k: st.get("ram", {}).get(k) for k in ("total", "transferred", "duplicate",
+                                                           "normal", "dirty-sync-count")}
         q.cmd("quit")
     finally:
         try:
@@ -195,8 +217,8 @@ def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict
         log.seek(0)
         text = log.read()
         log.close()
-    return {"machine_type": machine_type, "points": points, "flat_view": flat_view(mtree),
-            "qemu_log": text.strip()}
+    return {"machine_type": machine_type, "booted": boot, "points": points, "bda": bda,
+            "query_migrate_ram": migrated, "flat_view": flat_view(mtree), "qemu_log": text.strip()}
 
 
 def flat_view(mtree: str) -> list[dict]:
@@ -240,6 +262,8 @@ def main(argv=None) -> None:
     ap.add_argument("--q72", default="/usr/bin/qemu-system-x86_64")
     ap.add_argument("--out", default=str(HERE))
     ap.add_argument("--only", help="regexp of stream names to write")
+    ap.add_argument("--example", metavar="PATH",
+                    help="write only the README's small example stream (pc, 4 MiB) to PATH")
     args = ap.parse_args(argv)
     if args.install:
         install(args.q10)
@@ -248,15 +272,26 @@ def main(argv=None) -> None:
         "q10": Tool("q10", f"{args.q10}/usr/bin/qemu-system-x86_64",
                     [f"{args.q10}/usr/share/seabios", f"{args.q10}/usr/share/qemu"]),
     }
-    variants = [  # (tool, name, capabilities, parameters, uri kind)
-        ("q72", "exec", {}, {}, "exec"),
-        ("q72", "compress", {"compress": True}, {"compress-threads": 1}, "exec"),
-        ("q10", "exec", {}, {}, "exec"),
-        ("q10", "file", {}, {}, "file"),
-        ("q10", "mapped-ram", {"mapped-ram": True}, {}, "file"),
+    variants = [  # (tool, name, capabilities, parameters, uri kind, booted)
+        ("q72", "exec", {}, {}, "exec", False),
+        ("q72", "compress", {"compress": True}, {"compress-threads": 1}, "exec", False),
+        ("q72", "booted", {}, {}, "exec", True),
+        ("q10", "exec", {}, {}, "exec", False),
+        ("q10", "file", {}, {}, "file", False),
+        ("q10", "mapped-ram", {"mapped-ram": True}, {}, "file", False),
         ("q10", "mapped-ram-multifd", {"mapped-ram": True, "multifd": True},
-         {"multifd-channels": 2}, "file"),
+         {"multifd-channels": 2}, "file", False),
+        ("q10", "booted", {}, {}, "exec", True),
     ]
+    if args.example:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / "guest.mig"
+            info = run_variant(tools["q10"], "pc", "exec", {}, {}, f"exec:cat > {target}",
+                               Path(tmp), False, ram_mib=4, example=True)
+            shutil.copyfile(target, args.example)
+        print(f"wrote {args.example}: {info['machine_type']}, "
+              + ", ".join(f"{p['name']} at {p['gpa']}" for p in info["points"]), file=sys.stderr)
+        return
     out = Path(args.out)
     manifest = {"generator": "make_streams.py", "ram_mib": RAM_MIB,
                 "record_layout": "vcpu_runstate_info, 64-bit (48 bytes)", "tools": {},
@@ -268,7 +303,7 @@ def main(argv=None) -> None:
         manifest["tools"][tid] = tool.version
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for tid, vname, caps, params, kind in variants:
+        for tid, vname, caps, params, kind, boot in variants:
             for machine in ("pc", "q35"):
                 name = f"{machine}.{tid}.{vname}.mig"
                 if args.only and not re.search(args.only, name):
@@ -276,7 +311,7 @@ def main(argv=None) -> None:
                 target = work / name
                 uri = (f"exec:cat > {target}" if kind == "exec" else f"file:{target}")
                 print(f"{name}: {tools[tid].version}", file=sys.stderr)
-                info = run_variant(tools[tid], machine, vname, caps, params, uri, work, out)
+                info = run_variant(tools[tid], machine, vname, caps, params, uri, work, boot)
                 size = target.stat().st_size
                 entry = {"file": name, "tool": tid, "machine": machine, "variant": vname,
                          "capabilities": caps, "parameters": params,
