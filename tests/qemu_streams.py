@@ -51,7 +51,10 @@ def path(name: str) -> Path:
         else:
             with lzma.open(stored) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        if out.stat().st_size != e["size"] or _sha256(out) != e["sha256"]:
+        # Hashing a sparse 3.6 GiB file would read 3.6 GiB of holes: its archive is checked by
+        # xz's CRC64 instead, and the size here; the other streams are hashed.
+        sparse = e["stored_as"].endswith(".tar.xz")
+        if out.stat().st_size != e["size"] or (not sparse and _sha256(out) != e["sha256"]):
             raise AssertionError(f"{name}: decompressed size/sha256 differ from the manifest")
         os.replace(out, dest)
     return dest

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import struct
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -70,13 +68,11 @@ VMDESC_WINDOW = 64 << 20  # the vmdesc JSON is looked for in the file's last 64 
 COMPRESS_BOUND = 4096 + 4096 // 1000 + 64  # > zlib compressBound(TARGET_PAGE_SIZE)
 
 
-# A run of zero-page records of the block named last (``offset | ZERO | CONTINUE``, then the
-# byte 0): most of a stream. Matched at C speed and applied as one slice when the pages are
-# consecutive, as the first precopy pass sends them.
-_ZERO_RUN = re.compile(rb"(?:.{6}[\x00\x10\x20\x30\x40\x50\x60\x70\x80\x90\xa0\xb0\xc0\xd0"
-                       rb"\xe0\xf0]\x22\x00){8,}", re.S)
-_ZERO_RECORD_FORMAT = compiled(Struct("value" / Int64ub, "fill" / Int8ub)).format
-
+# Most of a stream is runs of zero-page records for consecutive pages of the block named last
+# (``offset | ZERO | CONTINUE``, then the byte 0), as the first precopy pass sends them. Such a
+# run is compared, in growing chunks, with the bytes it would be and applied as one slice.
+_ZERO_CONTINUE = FLAG_ZERO | FLAG_CONTINUE
+_RUN_MAX = 1 << 20
 
 class _Truncated(Exception):
     """The stream ends inside a record (a migration that was cut short)."""
@@ -125,6 +121,19 @@ class Stream:
     page_records: int = 0
     compressed_pages: int = 0
     commands: list[str] = field(default_factory=list)
+
+
+def _zero_records(first: int, n: int, shift: int) -> bytes:
+    """The bytes of ``n`` zero-page records of pages ``first``... (save_zero_page's
+    ``save_page_header`` with CONTINUE, then ``qemu_put_byte(f, 0)``)."""
+    values = array("Q", range(first << shift | _ZERO_CONTINUE, (first + n) << shift, 1 << shift))
+    if sys.byteorder == "little":
+        values.byteswap()
+    raw = values.tobytes()
+    out = bytearray(9 * n)
+    for k in range(8):
+        out[k::9] = raw[k::8]
+    return bytes(out)
 
 
 def find_vmdesc(buf, size: int) -> tuple[int, dict] | None:
@@ -348,16 +357,16 @@ class _Walker:
         unpack64, unpack32 = _BE64.unpack_from, _BE32.unpack_from
         block, index = self.block, (self.block.index if self.block else None)
         records = compressed = 0
-        zero_run = _ZERO_RUN.match
+        zero_run = self.zero_run
         try:
             while True:
-                if index is not None and (m := zero_run(buf, pos)) is not None:
-                    end = m.end()
-                    n = (end - pos) // 9
-                    records += n
-                    self.zero_run(index, block, bytes(buf[pos:end]), n, shift, pos)
-                    pos = end
-                    continue
+                if (index is not None and pos + 9 <= size
+                        and unpack64(buf, pos)[0] & mask == _ZERO_CONTINUE):
+                    n = zero_run(buf, pos, size, index, shift)
+                    if n:
+                        records += n
+                        pos += 9 * n
+                        continue
                 if pos + 8 > size:
                     raise _Truncated(pos)
                 (value,) = unpack64(buf, pos)
@@ -369,6 +378,8 @@ class _Walker:
                         if pos >= size:
                             raise _Truncated(rec)
                         n = buf[pos]
+                        if pos + 1 + n > size:
+                            raise _Truncated(rec)
                         name = bytes(buf[pos + 1:pos + 1 + n]).decode("ascii", "replace")
                         pos += 1 + n
                         block = s.blocks.get(name)
@@ -426,24 +437,33 @@ class _Walker:
             s.compressed_pages += compressed
 
     @staticmethod
-    def zero_run(index: array, block: RamBlock, run: bytes, n: int, shift: int, at: int) -> None:
-        """Mark the pages of ``n`` zero-page records as zero. Consecutive pages (checked column
-        by column against the records they would be) become one slice assignment."""
-        (first,) = _BE64.unpack_from(run, 0)
-        step = 1 << shift
-        expected = array("Q", range(first, first + n * step, step))
-        if sys.byteorder == "little":
-            expected.byteswap()
-        raw = expected.tobytes()
-        lo = first >> shift
-        if lo + n <= len(index) and all(run[k::9] == raw[k::8] for k in range(8)):
-            index[lo:lo + n] = array("Q", [ZERO]) * n
-            return
-        for value, _ in struct.iter_unpack(_ZERO_RECORD_FORMAT, run):
-            if value >> shift >= len(index):
-                raise BadDumpError(f"zero page record at 0x{value & ~(step - 1):x} beyond RAM "
-                                   f"block {block.name!r}", offset=at)
-            index[value >> shift] = ZERO
+    def zero_run(buf, pos: int, size: int, index: array, shift: int) -> int:
+        """Mark the run of zero-page records of consecutive pages at ``pos``; their count."""
+        first = _BE64.unpack_from(buf, pos)[0] >> shift
+        total, want = 0, 64
+        while True:
+            n = min(want, (size - pos) // 9 - total, len(index) - first - total)
+            if n <= 0:
+                break
+            start = pos + 9 * total
+            got = buf[start:start + 9 * n]
+            expected = _zero_records(first + total, n, shift)
+            if got == expected:
+                total += n
+                want = min(2 * want, _RUN_MAX)
+                continue
+            lo, hi = 0, n - 1  # the longest equal prefix, in records
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if got[:9 * mid] == expected[:9 * mid]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            total += lo
+            break
+        if total:
+            index[first:first + total] = array("Q", [ZERO]) * total
+        return total
 
     def device(self, hdr, pos: int) -> int | None:
         """A ``FULL`` section, skipped by its vmdesc entry (the next one in order)."""
