@@ -33,7 +33,7 @@ GUEST_RAM = ("pc.ram", "pc.bios", "pc.rom", "isa-bios")
 
 def _open(name):
     e = qemu_streams.entry(name)
-    with open_dump(str(qemu_streams.path(name))) as d:
+    with open_dump(str(qemu_streams.dump_path(name))) as d:
         yield e, d
 
 
@@ -57,7 +57,8 @@ def test_manifest_covers_every_variant():
     for machine in ("pc", "q35"):
         for tool, variant in [("q72", "exec"), ("q72", "compress"), ("q72", "booted"),
                               ("q10", "exec"), ("q10", "file"), ("q10", "mapped-ram"),
-                              ("q10", "mapped-ram-multifd"), ("q10", "booted")]:
+                              ("q10", "mapped-ram-multifd"), ("q10", "booted"),
+                              ("q10", "mapped-ram-at-4k")]:
             assert (tool, machine, variant) in seen
 
 
@@ -67,6 +68,16 @@ def test_every_planted_record_decodes(stream):
     assert d.details["stream"]["complete"]
     for p in e["points"]:
         assert d.space.read_present(int(p["gpa"], 16), 48).hex() == p["bytes"], p["name"]
+
+
+def test_libvirt_sparse_images(stream):
+    e, d = stream
+    if "at-4k" in e["file"]:
+        assert d.variant == "virsh save+mapped-ram" and d.details["stream"]["offset"] == 4096
+        assert d.details["libvirt"]["format"] == "sparse"
+        assert d.details["libvirt"]["domain"] == "sparse1"
+    else:
+        assert "libvirt" not in d.details
 
 
 def test_planted_records_decode_on_the_command_line(cli_stream):
@@ -426,3 +437,18 @@ def test_forcing_the_format_on_other_bytes(tmp_path):
     p = tmp_path / "x.raw"
     p.write_bytes(bytes(8192))
     one_line_error(cli("info", p, "--dump-format", "qemu-migration"), 3, "QEVM")
+
+
+def test_diff_and_simulate_read_streams():
+    """Two streams of the same guest (precopy and mapped-ram) hold the same records."""
+    a, b = (qemu_streams.dump_path(n) for n in ("q35.q10.exec.mig", "q35.q10.mapped-ram.mig"))
+    gpa = next(p["gpa"] for p in qemu_streams.entry("q35.q10.exec.mig")["points"]
+               if p["name"] == "above_4g_2")
+    r = cli("diff", a, b, "--gpa", gpa, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["before"]["raw"] == out["after"]["raw"] and out["verdicts"] == ["state_unchanged"]
+    r = cli("simulate", "--from-dump", a, "--gpa", gpa, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    writes = [json.loads(line) for line in r.stdout.splitlines()]
+    assert writes[0]["op"] == "write" and int(writes[0]["gpa"], 16) >= int(gpa, 16)

@@ -15,7 +15,10 @@ every planted record back from the source VM, so the manifest's bytes are what Q
 
 Variants: QEMU 7.2 ``exec:`` and ``exec:`` with the ``compress`` capability (7.2 has no
 ``file:`` URI: migration/file.c arrived in 8.2); QEMU 10.0 ``exec:``, ``file:``, ``file:`` with
-``mapped-ram`` and with ``mapped-ram`` + ``multifd`` (2 channels). Each for ``pc`` and ``q35``.
+``mapped-ram``, with ``mapped-ram`` + ``multifd`` (2 channels), and ``mapped-ram`` at file
+offset 4096 (``file:F,offset=0x1000``, as libvirt's sparse save images are written). Each for
+``pc`` and ``q35``; and ``booted`` (7.2 and 10.0): SeaBIOS runs and the guest keeps running
+during the migration.
 Streams are stored ``xz``; ``mapped-ram`` files (sparse, as large as the guest's RAM) are
 stored as a GNU sparse tar in ``.tar.xz``, so extracting them is fast and stays sparse.
 """
@@ -282,6 +285,9 @@ def main(argv=None) -> None:
         ("q10", "mapped-ram-multifd", {"mapped-ram": True, "multifd": True},
          {"multifd-channels": 2}, "file", False),
         ("q10", "booted", {}, {}, "exec", True),
+        # what libvirt's sparse save format has QEMU write: mapped-ram at file offset 4096,
+        # libvirt's header and XML going in front (the tests write them there)
+        ("q10", "mapped-ram-at-4k", {"mapped-ram": True}, {}, "file-offset", False),
     ]
     if args.example:
         with tempfile.TemporaryDirectory() as tmp:
@@ -309,7 +315,8 @@ def main(argv=None) -> None:
                 if args.only and not re.search(args.only, name):
                     continue
                 target = work / name
-                uri = (f"exec:cat > {target}" if kind == "exec" else f"file:{target}")
+                uri = {"exec": f"exec:cat > {target}", "file": f"file:{target}",
+                       "file-offset": f"file:{target},offset=0x1000"}[kind]
                 print(f"{name}: {tools[tid].version}", file=sys.stderr)
                 info = run_variant(tools[tid], machine, vname, caps, params, uri, work, boot)
                 size = target.stat().st_size
