@@ -35,7 +35,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
