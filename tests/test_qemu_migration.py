@@ -139,6 +139,26 @@ def test_gaps_are_absent_on_the_command_line(cli_stream):
     one_line_error(cli("decode", d.name, "--gpa", hex(below + 0x10000)), 3, "absent")
 
 
+def _runs_agree_with_pages(d, samples: int = 300) -> None:
+    """``info``/``scan``'s runs (status_runs) say what a page-by-page read says, at random
+    pages and at every run boundary."""
+    import random
+
+    rng = random.Random(7)
+    for seg in d.space.segments:
+        runs = list(seg.status_runs(0, seg.size))
+        assert sum(size for _, size, _ in runs) == seg.size
+        probes = {rel for rel, _, _ in runs} | {rel + size - 4096 for rel, size, _ in runs}
+        probes |= {rng.randrange(0, seg.size, 4096) for _ in range(samples)}
+        for rel in probes:
+            want = next(st for r, size, st in runs if r <= rel < r + size)
+            assert seg.chunk(rel, 8)[0] is want, (seg.detail, hex(rel))
+
+
+def test_runs_agree_with_pages(stream):
+    _runs_agree_with_pages(stream[1])
+
+
 def test_zero_pages_are_present(stream):
     e, d = stream
     data, pieces = d.space.read(0x5000, 4096)
@@ -221,6 +241,7 @@ def test_truncated_stream_says_so_and_later_pages_are_absent(tmp_path):
             assert status is (Status.PRESENT if foff[p["name"]] + 4096 <= cut
                               else Status.ABSENT), p["name"]
         assert d.space.read_present(int(e["points"][0]["gpa"], 16), 48)  # earlier: present
+        _runs_agree_with_pages(d)
     r = cli("decode", part, "--gpa", e["points"][-1]["gpa"])
     one_line_error(r, 3, "absent")
 
@@ -243,6 +264,7 @@ def test_truncated_mapped_ram_file(tmp_path):
             assert status is (Status.PRESENT if gpa < 0x2000000 else Status.ABSENT), p["name"]
         # a page never written (a zero page in the complete file) is unknown now
         assert d.space.pieces(0x1F00000, 8)[0].status is Status.ABSENT
+        _runs_agree_with_pages(d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,3 +476,26 @@ def test_diff_and_simulate_read_streams():
     assert r.exit_code == 0, r.stderr
     writes = [json.loads(line) for line in r.stdout.splitlines()]
     assert writes[0]["op"] == "write" and int(writes[0]["gpa"], 16) >= int(gpa, 16)
+
+
+def test_a_claimed_block_size_costs_nothing(tmp_path):
+    """A 1 PiB pc.ram with three records: the index holds the three 1 GiB chunks they touch,
+    and info's extents are computed per chunk, not per page."""
+    huge = 1 << 50
+    recs = [("page", "pc.ram", off, _page(5)) for off in (0x1000, 0x40000000, huge - 0x1000)]
+    raw, _ = migwriter.stream([("pc.ram", huge)], recs)
+    p = _write(tmp_path, raw)
+    with open_dump(str(p)) as d:
+        index = d.space.segment_at(0x1000).pages.block.index
+        assert len(index.chunks) == 3
+        blocks = {b["name"]: b for b in d.details["ram_blocks"]}
+        assert blocks["pc.ram"]["data"] == 3 and blocks["pc.ram"]["absent"] == huge // 4096 - 3
+        assert sum(e.size for e in d.space.extents() if e.status is Status.PRESENT) == 3 * 4096
+    r = cli("info", p, "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["bytes"]["present"] == 3 * 4096
+
+
+def test_records_scattered_beyond_what_the_file_can_describe(tmp_path):
+    recs = [("zero", "pc.ram", k << 30) for k in range(64)]  # 64 chunks of 2 MiB for ~1 KiB
+    raw, _ = migwriter.stream([("pc.ram", 1 << 40)], recs)
+    one_line_error(cli("info", _write(tmp_path, raw)), 3, "more guest RAM than a stream")

@@ -115,23 +115,47 @@ class BlockPages:
 
     def runs(self, first: int, end: int) -> Iterator[tuple[int, int, Status]]:
         """Runs ``[a, b)`` of pages of one status within pages ``[first, end)``."""
+        run_start, run_status = first, None
+        for a, b, status in self._pieces(first, end):
+            if status is not run_status:
+                if run_status is not None:
+                    yield run_start, a, run_status
+                run_start, run_status = a, status
+        if run_status is not None:
+            yield run_start, end, run_status
+
+    def _pieces(self, first: int, end: int) -> Iterator[tuple[int, int, Status]]:
+        """Runs of one status, not necessarily maximal; a stretch no record reached (or past
+        the end of a mapped-ram file) is one piece, never walked page by page."""
         if self.bitmap is None:
-            flags = map(bool, self.block.index[first:end])
-        elif not self.bitmap:
-            flags = iter([False] * (end - first))
-        elif self.complete:
-            limit = (self.size - self.block.mapped.pages_offset) // self.ps
-            flags = (p < limit or not self.bitmap[p >> 3] >> (p & 7) & 1
-                     for p in range(first, end))
-        else:
-            limit = (self.size - self.block.mapped.pages_offset) // self.ps
-            flags = (p < limit and bool(self.bitmap[p >> 3] >> (p & 7) & 1)
-                     for p in range(first, end))
-        cur = first
+            for a, b, chunk in self.block.index.entries(first, end):
+                if chunk is None:
+                    yield a, b, Status.ABSENT
+                    continue
+                cur = a
+                for present, group in groupby(map(bool, chunk)):
+                    n = sum(1 for _ in group)
+                    yield cur, cur + n, Status.PRESENT if present else Status.ABSENT
+                    cur += n
+            return
+        # pages [first, limit) lie inside the file; the bitmap is inside it too (else b""), so
+        # walking bits costs at most 8 pages per byte of file
+        limit = max(first, min(end, (self.size - self.block.mapped.pages_offset) // self.ps))
+        bits = self.bitmap
+        if not bits:
+            yield first, end, Status.ABSENT
+            return
+        if self.complete:  # inside the file every page is data or zero; past it, zero only
+            if limit > first:
+                yield first, limit, Status.PRESENT
+            start, flags = limit, (not bits[p >> 3] >> (p & 7) & 1 for p in range(limit, end))
+        else:  # only the pages with data in the file are known
+            start, flags = first, (p < limit and bool(bits[p >> 3] >> (p & 7) & 1)
+                                   for p in range(first, end))
         for present, group in groupby(flags):
             n = sum(1 for _ in group)
-            yield cur, cur + n, Status.PRESENT if present else Status.ABSENT
-            cur += n
+            yield start, start + n, Status.PRESENT if present else Status.ABSENT
+            start += n
 
     def counts(self) -> dict[str, int]:
         """Pages by kind, for ``info``."""
@@ -220,6 +244,31 @@ def ram_split(fam: str, machine: str, ram: int) -> int:
     return min(ram, lowmem)
 
 
+def _isa_bios(blocks: dict[str, int]) -> tuple[str, int, int] | None:
+    """(block, size, offset in it) of the ROM at the top of the first MiB: the ``isa-bios``
+    RAM block QEMU copies a flash BIOS into (pc_sysfw.c), else the last 128 KiB of ``pc.bios``
+    (x86-common.c ``x86_bios_rom_init`` aliases it)."""
+    if "isa-bios" in blocks:
+        return "isa-bios", blocks["isa-bios"], 0
+    for name in ("pc.bios", "system.flash0"):
+        if name in blocks:
+            size = min(blocks[name], ISA_BIOS_MAX)
+            return name, size, blocks[name] - size
+    return None
+
+
+def _reads_ram(fam: str, pam: bytes | None, gpa: int) -> bool:
+    """Whether 16 KiB at ``gpa`` in 0xc0000-0xfffff reads RAM: PAM region 0 is 0xf0000-0xfffff
+    (PAM0's high nibble), region i >= 1 is 0xc0000 + (i-1) * 16 KiB, in byte PAM0 + ceil(i/2),
+    low nibble for odd i (i440fx.c/q35.c ``pam_update(..., config[PAM0 + DIV_ROUND_UP(i, 2)])``
+    and pam.c ``pam_update``: attribute bit 0 = read enable)."""
+    if pam is None:
+        return True  # unknown: as after firmware, which shadows itself into RAM
+    region = 0 if gpa >= 0xF0000 else 1 + (gpa - 0xC0000) // 0x4000
+    byte = pam[PAM_OFFSET[fam] + (region + 1) // 2]
+    return bool(byte >> (0 if region & 1 else 4) & 1)
+
+
 def layout(fam: str, machine: str, blocks: dict[str, int], pam: bytes | None
            ) -> tuple[list[Window], dict]:
     """The windows of each RAM block in GPA order and a summary for ``info``."""
@@ -239,49 +288,30 @@ def layout(fam: str, machine: str, blocks: dict[str, int], pam: bytes | None
         else:
             out.append(Window(gpa, size, block, offset))
 
-    vga = any("vram" in name for name in blocks)
-    low = min(below, 0xA0000)
-    add(0, low, "pc.ram", 0)
+    # the legacy VGA window is MMIO when a VGA device exists (its vram block: vga.vram,
+    # cirrus_vga.vram, qxl.vgavram); without one the RAM below shows through
+    vga = any(re.search(r"vga[^/]*\.vram$|\.vgavram$", name) for name in blocks)
+    add(0, min(below, 0xA0000), "pc.ram", 0)
     if below > 0xA0000 and not vga:
         add(0xA0000, min(below, 0xC0000) - 0xA0000, "pc.ram", 0xA0000)
-    bios_name = "pc.bios" if "pc.bios" in blocks else next(
-        (n for n in ("system.flash0",) if n in blocks), None)
-    if "isa-bios" in blocks:
-        isa = ("isa-bios", blocks["isa-bios"], 0)
-    elif bios_name is not None:
-        size = min(blocks[bios_name], ISA_BIOS_MAX)
-        isa = (bios_name, size, blocks[bios_name] - size)
-    else:
-        isa = None
+    isa = _isa_bios(blocks)
     ram_chunks = rom_chunks = 0
-    for gpa in range(0xC0000, 0x100000, 0x4000):
-        if gpa >= below:
-            break
-        if gpa >= 0xF0000:
-            region = 0
-        else:
-            region = 1 + (gpa - 0xC0000) // 0x4000
-        if pam is None:
-            reads_ram = True  # unknown: as after firmware, which shadows the BIOS into RAM
-        else:
-            byte = pam[PAM_OFFSET[fam] + (region + 1) // 2]
-            reads_ram = bool(byte >> (0 if region & 1 else 4) & 1)  # pam.c pam_update
+    for gpa in range(0xC0000, min(below, 0x100000), 0x4000):
         rom = None
-        if not reads_ram:
+        if not _reads_ram(fam, pam, gpa):
             if gpa < 0xE0000 and "pc.rom" in blocks:
                 rom = ("pc.rom", gpa - 0xC0000)
             elif isa is not None and gpa >= 0x100000 - isa[1]:
                 rom = (isa[0], isa[2] + gpa - (0x100000 - isa[1]))
-        chunk = 0x4000
         if rom is None:
-            add(gpa, chunk, "pc.ram", gpa)
+            add(gpa, 0x4000, "pc.ram", gpa)
             ram_chunks += 1
         else:
-            add(gpa, chunk, rom[0], rom[1])
+            add(gpa, 0x4000, *rom)
             rom_chunks += 1
     if below > 0x100000:
         add(0x100000, below - 0x100000, "pc.ram", 0x100000)
-    top = FOUR_GIB
+    top = FOUR_GIB  # the BIOS, or the flash chips from unit 0 down (pc_system_flash_map)
     for name in ("pc.bios",) if "pc.bios" in blocks else ("system.flash0", "system.flash1"):
         if name in blocks:
             top -= blocks[name]

@@ -19,15 +19,17 @@ precopy resends dirty pages, so the index keeps the last record of each page
 (``ram_load_precopy`` writes each record over the page). Device (``FULL``) sections are
 skipped by the sizes the vmdesc JSON gives, since their encoding is per device.
 
-Each page of a block is one uint64 in an ``array``: 0 never sent (*absent*), 1 a zero page,
-``offset << 2 | 2`` a plain page at that file offset, ``offset << 2 | 3`` a zlib page whose
-be32 length is at that offset: 8 bytes a guest page, nothing else per page is kept.
+Each page of a block is one uint64 in a :class:`PageIndex`: 0 never sent (*absent*), 1 a zero
+page, ``offset << 2 | 2`` a plain page at that file offset, ``offset << 2 | 3`` a zlib page
+whose be32 length is at that offset: 8 bytes a guest page, nothing else per page is kept. The
+index is allocated per 1 GiB of guest RAM when a record first lands there, within a budget of
+the file's size (a precopy stream spends 9 bytes or more per page): a block length claimed by
+a corrupt file costs nothing.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from typing import Any
 from construct import Bytes, ConstructError, Int8ub, Int16ub, Int32ub, Int64ub, PascalString, Struct
 
 from xenrs_cli.binary import compiled, parse
+from xenrs_cli.dumps.qemu_vmstate import DeviceSection, find_vmdesc, vmsd_size
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
 
 QEVM_MAGIC = b"QEVM"
@@ -64,7 +67,6 @@ _BE64 = compiled(Struct("value" / Int64ub))
 _BE32 = compiled(Struct("value" / Int32ub))
 # index entry kinds (low 2 bits)
 ABSENT, ZERO, PLAIN, ZLIB = 0, 1, 2, 3
-VMDESC_WINDOW = 64 << 20  # the vmdesc JSON is looked for in the file's last 64 MiB
 COMPRESS_BOUND = 4096 + 4096 // 1000 + 64  # > zlib compressBound(TARGET_PAGE_SIZE)
 
 
@@ -74,33 +76,84 @@ COMPRESS_BOUND = 4096 + 4096 // 1000 + 64  # > zlib compressBound(TARGET_PAGE_SI
 _ZERO_CONTINUE = FLAG_ZERO | FLAG_CONTINUE
 _RUN_MAX = 1 << 20
 
+class PageIndex:
+    """The per-page entries of one RAM block, in lazily allocated chunks of 2^18 pages."""
+
+    CHUNK_BITS = 18
+    CHUNK = 1 << CHUNK_BITS
+
+    def __init__(self, pages: int, budget: list[int]) -> None:
+        self.pages, self.budget = pages, budget  # budget: [bytes left], shared by the blocks
+        self.chunks: dict[int, array] = {}
+
+    def __len__(self) -> int:
+        return self.pages
+
+    def __getitem__(self, page: int) -> int:
+        chunk = self.chunks.get(page >> self.CHUNK_BITS)
+        return chunk[page & (self.CHUNK - 1)] if chunk is not None else ABSENT
+
+    def chunk(self, number: int) -> array:
+        chunk = self.chunks.get(number)
+        if chunk is None:
+            size = min(self.CHUNK, self.pages - (number << self.CHUNK_BITS))
+            self.budget[0] -= 8 * size
+            if self.budget[0] < 0:
+                raise BadDumpError("page records spread over more guest RAM than a stream of "
+                                   "this size can describe (corrupt stream?)")
+            chunk = self.chunks[number] = array("Q", bytes(8 * size))
+        return chunk
+
+    def __setitem__(self, page: int, value: int) -> None:
+        self.chunk(page >> self.CHUNK_BITS)[page & (self.CHUNK - 1)] = value
+
+    def fill(self, first: int, n: int, value: int) -> None:
+        while n > 0:
+            number, at = first >> self.CHUNK_BITS, first & (self.CHUNK - 1)
+            k = min(n, self.CHUNK - at)
+            self.chunk(number)[at:at + k] = array("Q", [value]) * k
+            first, n = first + k, n - k
+
+    def entries(self, first: int, end: int):
+        """The entries of pages ``[first, end)`` as ``(first, end, array | None)`` pieces:
+        ``None`` for a stretch no record reached, however long (visited per chunk allocated)."""
+        bits = self.CHUNK_BITS
+        cur = first
+        for number in sorted(k for k in self.chunks
+                             if (k + 1) << bits > first and k << bits < end):
+            a, b = max(first, number << bits), min(end, (number + 1) << bits)
+            if cur < a:
+                yield cur, a, None
+            base = number << bits
+            yield a, b, self.chunks[number][a - base:b - base]
+            cur = b
+        if cur < end:
+            yield cur, end, None
+
+    def count(self, value: int) -> int:
+        found = sum(c.count(value) for c in self.chunks.values())
+        if value == ABSENT:
+            found += self.pages - sum(len(c) for c in self.chunks.values())
+        return found
+
+
 class _Truncated(Exception):
     """The stream ends inside a record (a migration that was cut short)."""
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RamBlock:
     """One RAM block of the stream and where each of its pages is."""
 
     name: str
     length: int
     page_size: int
-    index: array | None = None  # per page, see the module docstring (None with mapped-ram)
+    index: PageIndex | None = None  # per page (None with mapped-ram)
     mapped: Any = None  # the parsed MappedRamHeader (mapped-ram)
 
     @property
     def pages(self) -> int:
         return self.length // self.page_size
-
-
-@dataclass
-class DeviceSection:
-    name: str
-    instance_id: int
-    version_id: int
-    data_offset: int
-    size: int
-    desc: dict
 
 
 @dataclass
@@ -136,40 +189,6 @@ def _zero_records(first: int, n: int, shift: int) -> bytes:
     return bytes(out)
 
 
-def find_vmdesc(buf, size: int) -> tuple[int, dict] | None:
-    """The ``QEMU_VM_VMDESCRIPTION`` record at the end of the stream (trailing zero padding
-    allowed), found from its JSON's first key: ``configuration`` (QEMU >= 2.x with a
-    configuration section, savevm.c ``qemu_savevm_state_header``) or ``page_size``."""
-    lo = max(0, size - VMDESC_WINDOW)
-    for marker in (b'{"configuration"', b'{"page_size"'):
-        at = buf.rfind(marker, lo)
-        if at < 5 or buf[at - 5] != VMDESCRIPTION:
-            continue
-        (length,) = _BE32.unpack_from(buf, at - 4)
-        end = at + length
-        if end > size or buf[end:size].strip(b"\0"):
-            continue
-        try:
-            desc = json.loads(bytes(buf[at:end]))
-        except ValueError:
-            continue
-        if isinstance(desc, dict) and isinstance(desc.get("devices"), list):
-            return at - 5, desc
-    return None
-
-
-def vmsd_size(desc: dict) -> int:
-    """Bytes a vmstate occupies, from its vmdesc: every field's size (times ``array_len``: a
-    compressible array is described once, vmstate.c ``vmsd_desc_field_start``) plus each
-    subsection's header (``vmstate_subsection_save``: type, name length, name, be32 version)."""
-    total = 0
-    for f in desc.get("fields", ()):
-        total += int(f["size"]) * int(f.get("array_len", 1))
-    for sub in desc.get("subsections", ()):
-        total += 6 + len(sub["vmsd_name"]) + vmsd_size(sub)
-    return total
-
-
 class _Walker:
     def __init__(self, buf, size: int, start: int) -> None:
         self.buf, self.size = buf, size
@@ -177,6 +196,7 @@ class _Walker:
         self.ram_id: int | None = None
         self.block: RamBlock | None = None  # the last block named (for CONTINUE)
         self.descs: list[dict] = []
+        self.budget = [size + (8 << 20)]  # index bytes: a full stream needs less than its size
 
     def need(self, pos: int, n: int) -> None:
         if pos + n > self.size:
@@ -334,17 +354,17 @@ class _Walker:
                 pos += 8  # the block's guest address (mr->addr)
             if length % s.page_size or length > remaining:
                 raise BadDumpError(f"RAM block {name!r} has length 0x{length:x}", offset=pos)
-            block = RamBlock(name, length, s.page_size)
+            index = hdr = None
             if mapped:
                 self.need(pos, MAPPED_RAM_HEADER.sizeof())
                 hdr = parse(MAPPED_RAM_HEADER, buf, pos, "mapped-ram header")
                 if hdr.version > MAPPED_RAM_HDR_VERSION or hdr.page_size != s.page_size:
                     raise UnsupportedDumpError(f"mapped-ram header version {hdr.version}, page "
                                                f"size {hdr.page_size} (file offset 0x{pos:x})")
-                block.mapped = hdr
                 pos = hdr.pages_offset + length  # mapped_ram_setup_ramblock's qemu_set_offset
             else:
-                block.index = array("Q", bytes(8 * block.pages))
+                index = PageIndex(length // s.page_size, self.budget)
+            block = RamBlock(name, length, s.page_size, index, hdr)
             s.blocks[name] = block
             remaining -= length
         return self.ram_records(pos)
@@ -437,7 +457,7 @@ class _Walker:
             s.compressed_pages += compressed
 
     @staticmethod
-    def zero_run(buf, pos: int, size: int, index: array, shift: int) -> int:
+    def zero_run(buf, pos: int, size: int, index: PageIndex, shift: int) -> int:
         """Mark the run of zero-page records of consecutive pages at ``pos``; their count."""
         first = _BE64.unpack_from(buf, pos)[0] >> shift
         total, want = 0, 64
@@ -461,8 +481,7 @@ class _Walker:
                     hi = mid - 1
             total += lo
             break
-        if total:
-            index[first:first + total] = array("Q", [ZERO]) * total
+        index.fill(first, total, ZERO)
         return total
 
     def device(self, hdr, pos: int) -> int | None:

@@ -13,18 +13,76 @@ without any device layout hard-coded here; the readers below then ask for names:
   index (``cpu_exec_realizefn`` registers the vmstate with ``cpu_index``).
 * the PCI host bridge's config space (``I440FX``/``mch``: ``PCIDevice`` field ``config``), for
   its PAM registers (hw/pci-host/pam.c): which of 0xc0000-0xfffff reads RAM or ROM.
+
+The vmdesc is the stream's last record (:func:`find_vmdesc`); :func:`vmsd_size` gives each
+device section's length, by which the stream walker skips it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+from construct import Int32ub, Struct
+
+from xenrs_cli.binary import compiled
 from xenrs_cli.cpu_state import CpuState
-from xenrs_cli.dumps.qemu_stream import DeviceSection, vmsd_size
 
 INVALID_GPA = (1 << 64) - 1  # xen-emu.c: no area registered
 _INDEX = re.compile(r"\[\d+\]$")
+_BE32 = compiled(Struct("value" / Int32ub))
+VMDESCRIPTION = 0x06  # savevm.h QEMU_VM_VMDESCRIPTION
+VMDESC_WINDOW = 64 << 20  # the vmdesc JSON is looked for in the file's last 64 MiB
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSection:
+    """A ``QEMU_VM_SECTION_FULL`` device section: where its data is and its vmdesc entry."""
+
+    name: str
+    instance_id: int
+    version_id: int
+    data_offset: int
+    size: int
+    desc: dict
+
+
+def find_vmdesc(buf, size: int) -> tuple[int, dict] | None:
+    """The ``QEMU_VM_VMDESCRIPTION`` record at the end of the stream (trailing zero padding
+    allowed), found from its JSON's first key: ``configuration`` (QEMU >= 2.x with a
+    configuration section, savevm.c ``qemu_savevm_state_header``) or ``page_size``."""
+    lo = max(0, size - VMDESC_WINDOW)
+    for marker in (b'{"configuration"', b'{"page_size"'):
+        at = buf.rfind(marker, lo)
+        if at < 5 or buf[at - 5] != VMDESCRIPTION:
+            continue
+        (length,) = _BE32.unpack_from(buf, at - 4)
+        end = at + length
+        if end > size or buf[end:size].strip(b"\0"):
+            continue
+        try:
+            desc = json.loads(bytes(buf[at:end]))
+        except ValueError:
+            continue
+        if isinstance(desc, dict) and isinstance(desc.get("devices"), list):
+            return at - 5, desc
+    return None
+
+
+def vmsd_size(desc: dict) -> int:
+    """Bytes a vmstate occupies, from its vmdesc: every field's size (times ``array_len``: a
+    compressible array is described once, vmstate.c ``vmsd_desc_field_start``) plus each
+    subsection's header (``vmstate_subsection_save``: type, name length, name, be32 version)."""
+    total = 0
+    for f in desc.get("fields", ()):
+        total += int(f["size"]) * int(f.get("array_len", 1))
+    for sub in desc.get("subsections", ()):
+        total += 6 + len(sub["vmsd_name"]) + vmsd_size(sub)
+    return total
+
+
 
 
 def field_offsets(desc: dict, base: int = 0, prefix: tuple[str, ...] = ()
