@@ -28,7 +28,7 @@ BOOTED = [s["file"] for s in qemu_streams.streams() if s["booted"]]
 # The command-line tests re-open a stream per command: one of each kind is enough there.
 CLI_NAMES = ["pc.q72.compress.mig", "q35.q10.mapped-ram-multifd.mig", "pc.q10.booted.mig",
              "q35.q72.exec.mig"]
-GUEST_RAM = ("pc.ram", "pc.bios", "pc.rom", "isa-bios")
+GUEST_RAM = ("pc.ram", "pc.bios", "pc.rom", "isa-bios", "system.flash0", "system.flash1")
 
 
 def _open(name):
@@ -54,6 +54,7 @@ def booted(request):
 
 def test_manifest_covers_every_variant():
     seen = {(s["tool"], s["machine"], s["variant"]) for s in qemu_streams.streams()}
+    assert ("q10", "q35", "ovmf") in seen
     for machine in ("pc", "q35"):
         for tool, variant in [("q72", "exec"), ("q72", "compress"), ("q72", "booted"),
                               ("q10", "exec"), ("q10", "file"), ("q10", "mapped-ram"),

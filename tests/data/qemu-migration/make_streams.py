@@ -16,8 +16,9 @@ every planted record back from the source VM, so the manifest's bytes are what Q
 Variants: QEMU 7.2 ``exec:`` and ``exec:`` with the ``compress`` capability (7.2 has no
 ``file:`` URI: migration/file.c arrived in 8.2); QEMU 10.0 ``exec:``, ``file:``, ``file:`` with
 ``mapped-ram``, with ``mapped-ram`` + ``multifd`` (2 channels), and ``mapped-ram`` at file
-offset 4096 (``file:F,offset=0x1000``, as libvirt's sparse save images are written). Each for
-``pc`` and ``q35``; and ``booted`` (7.2 and 10.0): SeaBIOS runs and the guest keeps running
+offset 4096 (``file:F,offset=0x1000``, as libvirt's sparse save images are written), and with
+OVMF in two pflash chips (``ovmf`` package) instead of SeaBIOS. Each for ``pc`` and ``q35``
+(OVMF: ``q35`` only); and ``booted`` (7.2 and 10.0): SeaBIOS runs and the guest keeps running
 during the migration.
 Streams are stored ``xz``; ``mapped-ram`` files (sparse, as large as the guest's RAM) are
 stored as a GNU sparse tar in ``.tar.xz``, so extracting them is fast and stays sparse.
@@ -155,6 +156,10 @@ EXAMPLE_RECORDS = [
 ]
 
 
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"  # Debian's ovmf package
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
 def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict, uri: str,
                 work: Path, boot: bool, ram_mib: int = RAM_MIB, example: bool = False) -> dict:
     blobs = []
@@ -175,6 +180,10 @@ def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict
     # registers and finds nothing to boot), with a VGA device, and the guest keeps running
     # during the migration, so pages it dirties (the BIOS tick count at 0x46c) are resent.
     argv += ["-vga", "std"] if boot else ["-S"]
+    if variant == "ovmf":  # UEFI firmware in two pflash chips instead of SeaBIOS's pc.bios
+        shutil.copyfile(OVMF_VARS, work / "vars.fd")
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={work / 'vars.fd'}"]
     for gpa, path in blobs:
         argv += ["-device", f"loader,file={path},addr={gpa:#x},force-raw=on"]
     log = open(work / "qemu.log", "w+")
@@ -224,13 +233,13 @@ def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict
 
 
 def flat_view(mtree: str) -> list[dict]:
-    """RAM and ROM ranges of the flat view of address space "memory" (``info mtree -f``):
+    """RAM, ROM and ROM-device (pflash) ranges of the flat view of address space "memory" (``info mtree -f``):
     GPA range, RAM block and offset in it, as QEMU itself maps them."""
     for view in mtree.split("FlatView #")[1:]:
         if 'AS "memory"' not in view:
             continue
         out = []
-        for m in re.finditer(r"([0-9a-f]{16})-([0-9a-f]{16}) \(prio \d+, (ram|rom)\): "
+        for m in re.finditer(r"([0-9a-f]{16})-([0-9a-f]{16}) \(prio \d+, (ram|rom|romd)\): "
                              r"(\S+)(?: @([0-9a-f]{16}))?", view):
             out.append({"gpa": f"0x{int(m[1], 16):x}", "end": f"0x{int(m[2], 16) + 1:x}",
                         "kind": m[3], "block": m[4], "offset": f"0x{int(m[5] or '0', 16):x}"})
@@ -287,6 +296,7 @@ def main(argv=None) -> None:
         # what libvirt's sparse save format has QEMU write: mapped-ram at file offset 4096,
         # libvirt's header and XML going in front (the tests write them there)
         ("q10", "mapped-ram-at-4k", {"mapped-ram": True}, {}, "file-offset", False),
+        ("q10", "ovmf", {}, {}, "exec", False),
     ]
     if args.example:
         with tempfile.TemporaryDirectory() as tmp:
@@ -309,7 +319,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for tid, vname, caps, params, kind, boot in variants:
-            for machine in ("pc", "q35"):
+            # OVMF is the q35 firmware in practice, and its streams are the big ones (1.7 MB)
+            for machine in ("q35",) if vname == "ovmf" else ("pc", "q35"):
                 name = f"{machine}.{tid}.{vname}.mig"
                 if args.only and not re.search(args.only, name):
                     continue
