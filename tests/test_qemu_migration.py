@@ -500,3 +500,44 @@ def test_records_scattered_beyond_what_the_file_can_describe(tmp_path):
     recs = [("zero", "pc.ram", k << 30) for k in range(64)]  # 64 chunks of 2 MiB for ~1 KiB
     raw, _ = migwriter.stream([("pc.ram", 1 << 40)], recs)
     one_line_error(cli("info", _write(tmp_path, raw)), 3, "more guest RAM than a stream")
+
+
+EXAMPLE = open(qemu_streams.DATA.parent.parent.parent / "examples" / "guest.mig", "rb").read()
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.integers(0, 0x2000), st.integers(0, len(EXAMPLE) - 1)),
+                          st.integers(0, 255)), max_size=6),
+       st.one_of(st.just(len(EXAMPLE)), st.integers(9, len(EXAMPLE))))
+def test_corrupt_streams_fail_cleanly(tmp_path_factory, flips, keep):
+    """Any byte of a real stream changed, or the stream cut: it opens, or fails as an input
+    error (exit 3) — never another exception."""
+    from xenrs_cli.errors import XenrsError
+    from xenrs_cli.info import describe
+
+    data = bytearray(EXAMPLE[:keep])
+    for at, value in flips:
+        if at < len(data):
+            data[at] = value
+    p = tmp_path_factory.mktemp("c") / "c.mig"
+    p.write_bytes(bytes(data))
+    try:
+        with open_dump(str(p), "qemu-migration") as d:
+            describe(d, str(p))
+            for gpa in (0x101FF1, 0x102404, 0xFFFFF000):
+                d.space.read(gpa, 48)
+    except XenrsError as e:
+        assert e.exit_code == 3
+
+
+def test_a_malformed_vmdesc_leaves_the_ram_readable(tmp_path):
+    cpu = migwriter.x86_cpu(0, 0x80050033, 0x1AB000, 0x3406F0, 0xD01, 0x5000)
+    raw, _ = migwriter.stream([("pc.ram", 0x10000)], [("page", "pc.ram", 0x1000, _page(9))],
+                              devices=[cpu])
+    bad = raw.replace(b'"size": 8', b'"sizf": 8', 1)  # same length: the record stays framed
+    with open_dump(str(_write(tmp_path, bad))) as d:
+        assert d.space.read_present(0x1000, 4096) == _page(9)
+        assert d.cpus == () and d.registered_runstate == {}
+        assert "no vmdesc entry" in " ".join(d.details["notes"])
+    with open_dump(str(_write(tmp_path, raw))) as d:  # the same stream, well formed
+        assert d.registered_runstate == {0: 0x5000}

@@ -102,7 +102,7 @@ class BlockPages:
         if kind == qs.PLAIN:
             return bytes(self.buf[at:at + self.ps])
         if kind == qs.ZLIB:
-            (n,) = qs._BE32.unpack_from(self.buf, at)
+            (n,) = qs.BE32.unpack_from(self.buf, at)
             try:
                 data = zlib.decompress(bytes(self.buf[at + 4:at + 4 + n]))
             except zlib.error as e:

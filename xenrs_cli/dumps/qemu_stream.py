@@ -63,8 +63,8 @@ MAPPED_RAM_HDR_VERSION = 1
 FLAG_ZERO, FLAG_MEM_SIZE, FLAG_PAGE, FLAG_EOS = 0x02, 0x04, 0x08, 0x10
 FLAG_CONTINUE, FLAG_XBZRLE, FLAG_HOOK = 0x20, 0x40, 0x80
 FLAG_COMPRESS_PAGE, FLAG_MULTIFD_FLUSH = 0x100, 0x200
-_BE64 = compiled(Struct("value" / Int64ub))
-_BE32 = compiled(Struct("value" / Int32ub))
+BE64 = compiled(Struct("value" / Int64ub))
+BE32 = compiled(Struct("value" / Int32ub))
 # index entry kinds (low 2 bits)
 ABSENT, ZERO, PLAIN, ZLIB = 0, 1, 2, 3
 COMPRESS_BOUND = 4096 + 4096 // 1000 + 64  # > zlib compressBound(TARGET_PAGE_SIZE)
@@ -264,7 +264,7 @@ class _Walker:
                 pos = self.footer(pos, hdr.section_id)
             elif kind in (SECTION_PART, SECTION_END):
                 self.need(pos, 5)
-                (section_id,) = _BE32.unpack_from(buf, pos + 1)
+                (section_id,) = BE32.unpack_from(buf, pos + 1)
                 if section_id != self.ram_id:
                     s.notes.append(f"iterative section {section_id} is not RAM: the walk stops")
                     return pos
@@ -295,7 +295,7 @@ class _Walker:
         if self.buf[pos] != FOOTER:
             return pos
         self.need(pos, 5)
-        (got,) = _BE32.unpack_from(self.buf, pos + 1)
+        (got,) = BE32.unpack_from(self.buf, pos + 1)
         if got != section_id:
             raise BadDumpError(f"section footer names section {got}, expected {section_id}",
                                offset=pos)
@@ -305,7 +305,7 @@ class _Walker:
         """``vmstate_configuration``: be32 length + machine type, then its subsections."""
         s, buf = self.s, self.buf
         self.need(pos, 4)
-        (n,) = _BE32.unpack_from(buf, pos)
+        (n,) = BE32.unpack_from(buf, pos)
         self.need(pos + 4, n)
         s.machine = bytes(buf[pos + 4:pos + 4 + n]).decode("ascii", "replace")
         pos += 4 + n
@@ -313,10 +313,10 @@ class _Walker:
             sub, pos = self.get(SUBSECTION_HEADER, pos + 1, "configuration subsection", 256 + 4)
             self.need(pos, 4)
             if sub.name == "configuration/target-page-bits":
-                (bits,) = _BE32.unpack_from(buf, pos)
+                (bits,) = BE32.unpack_from(buf, pos)
                 s.page_size, pos = 1 << bits, pos + 4
             elif sub.name == "configuration/capabilities":
-                (count,) = _BE32.unpack_from(buf, pos)
+                (count,) = BE32.unpack_from(buf, pos)
                 pos += 4
                 for _ in range(count):
                     self.need(pos, 1)
@@ -335,7 +335,7 @@ class _Walker:
         """``ram_save_setup``: the block list, then records up to ``EOS``."""
         s, buf = self.s, self.buf
         self.need(pos, 8)
-        (value,) = _BE64.unpack_from(buf, pos)
+        (value,) = BE64.unpack_from(buf, pos)
         if not value & FLAG_MEM_SIZE:
             raise BadDumpError("the ram section does not start with its block list",
                                offset=pos)
@@ -348,7 +348,7 @@ class _Walker:
             n = buf[pos]
             self.need(pos, 1 + n + 8)
             name = bytes(buf[pos + 1:pos + 1 + n]).decode("ascii", "replace")
-            (length,) = _BE64.unpack_from(buf, pos + 1 + n)
+            (length,) = BE64.unpack_from(buf, pos + 1 + n)
             pos += 1 + n + 8
             if ignore_shared:
                 pos += 8  # the block's guest address (mr->addr)
@@ -374,7 +374,7 @@ class _Walker:
         s, buf, size = self.s, self.buf, self.size
         ps = s.page_size
         mask, shift = ps - 1, ps.bit_length() - 1
-        unpack64, unpack32 = _BE64.unpack_from, _BE32.unpack_from
+        unpack64, unpack32 = BE64.unpack_from, BE32.unpack_from
         block, index = self.block, (self.block.index if self.block else None)
         records = compressed = 0
         zero_run = self.zero_run
@@ -459,7 +459,7 @@ class _Walker:
     @staticmethod
     def zero_run(buf, pos: int, size: int, index: PageIndex, shift: int) -> int:
         """Mark the run of zero-page records of consecutive pages at ``pos``; their count."""
-        first = _BE64.unpack_from(buf, pos)[0] >> shift
+        first = BE64.unpack_from(buf, pos)[0] >> shift
         total, want = 0, 64
         while True:
             n = min(want, (size - pos) // 9 - total, len(index) - first - total)
@@ -493,7 +493,7 @@ class _Walker:
             s.end_offset = pos
             return None
         desc = self.descs.pop(0)
-        if desc.get("name") != hdr.idstr or int(desc.get("instance_id", -1)) != hdr.instance_id:
+        if desc.get("name") != hdr.idstr or desc.get("instance_id") != hdr.instance_id:
             s.notes.append(f"device section {hdr.idstr!r} does not match the vmdesc entry "
                            f"{desc.get('name')!r}: device state after it is not read")
             s.end_offset = pos

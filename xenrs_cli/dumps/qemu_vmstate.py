@@ -64,11 +64,32 @@ def find_vmdesc(buf, size: int) -> tuple[int, dict] | None:
             continue
         try:
             desc = json.loads(bytes(buf[at:end]))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        if isinstance(desc, dict) and isinstance(desc.get("devices"), list):
+        if (isinstance(desc, dict) and isinstance(desc.get("devices"), list)
+                and all(_well_formed(d) for d in desc["devices"])):
             return at - 5, desc
     return None
+
+
+def _well_formed(desc, depth: int = 0) -> bool:
+    """Whether a vmdesc entry has the shape vmstate.c writes (so that sizes and offsets can be
+    computed from it without surprises): fields with a name and a size, optional
+    ``array_len``, nested ``struct``s and ``subsections`` with a ``vmsd_name``."""
+    if not isinstance(desc, dict) or depth > 32:
+        return False
+    fields, subs = desc.get("fields", []), desc.get("subsections", [])
+    if not isinstance(fields, list) or not isinstance(subs, list):
+        return False
+    for f in fields:
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str)
+                and type(f.get("size")) is int and f["size"] >= 0
+                and type(f.get("array_len", 1)) is int and f.get("array_len", 1) >= 1):
+            return False
+        if "struct" in f and not _well_formed(f["struct"], depth + 1):
+            return False
+    return all(isinstance(sub, dict) and isinstance(sub.get("vmsd_name"), str)
+               and _well_formed(sub, depth + 1) for sub in subs)
 
 
 def vmsd_size(desc: dict) -> int:
