@@ -13,9 +13,9 @@ The ``ram`` section is iterative. Its ``START`` lists the RAM blocks (``ram_save
 used length; with ``mapped-ram`` a ``MappedRamHeader`` after which the stream skips the block's
 page region, ``mapped_ram_setup_ramblock``). Its ``PART``/``END`` sections carry page records
 (``save_page_header``): a be64 ``offset | flags``, the block name unless ``CONTINUE``, then the
-payload: ``ZERO`` one byte 0, ``PAGE`` one target page, ``COMPRESS_PAGE`` (QEMU <= 8.2's
-``compress`` capability) a be32 length and a zlib stream (``do_compress_ram_page``). Iterative
-precopy resends dirty pages, so the index keeps the last record of each page
+payload: ``ZERO`` one byte 0, ``PAGE`` one target page, ``COMPRESS_PAGE`` (the ``compress``
+capability, removed in QEMU 9.1) a be32 length and a zlib stream (``do_compress_ram_page``).
+Iterative precopy resends dirty pages, so the index keeps the last record of each page
 (``ram_load_precopy`` writes each record over the page). Device (``FULL``) sections are
 skipped by the sizes the vmdesc JSON gives, since their encoding is per device.
 
