@@ -233,8 +233,8 @@ def run_variant(tool: Tool, machine: str, variant: str, caps: dict, params: dict
 
 
 def flat_view(mtree: str) -> list[dict]:
-    """RAM, ROM and ROM-device (pflash) ranges of the flat view of address space "memory" (``info mtree -f``):
-    GPA range, RAM block and offset in it, as QEMU itself maps them."""
+    """RAM, ROM and ROM-device (pflash) ranges of the flat view of address space "memory"
+    (``info mtree -f``): GPA range, RAM block and offset in it, as QEMU itself maps them."""
     for view in mtree.split("FlatView #")[1:]:
         if 'AS "memory"' not in view:
             continue
