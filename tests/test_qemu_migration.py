@@ -160,6 +160,26 @@ def test_runs_agree_with_pages(stream):
     _runs_agree_with_pages(stream[1])
 
 
+def test_bulk_reads_agree_with_page_reads(stream):
+    """``scan``'s bulk read (read_span) gives the bytes of the generic page-by-page read."""
+    import random
+
+    from xenrs_cli.address_space import Segment
+
+    rng = random.Random(11)
+    e, d = stream
+    spans = [(int(p["gpa"], 16) - 5000, 12000) for p in e["points"]]
+    for seg in d.space.segments:
+        spans += [(seg.gpa, min(seg.size, 1 << 18)), (seg.end - min(seg.size, 70000), 70000)]
+        spans += [(seg.gpa + rng.randrange(seg.size), rng.randrange(1, 40000)) for _ in range(5)]
+    for gpa, size in spans:
+        seg = d.space.segment_at(gpa)
+        if seg is None:
+            continue
+        rel, size = gpa - seg.gpa, min(size, seg.end - gpa)
+        assert bytes(seg.read_span(rel, size)) == Segment.read_span(seg, rel, size), hex(gpa)
+
+
 def test_zero_pages_are_present(stream):
     e, d = stream
     data, pieces = d.space.read(0x5000, 4096)

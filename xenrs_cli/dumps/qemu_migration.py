@@ -157,6 +157,23 @@ class BlockPages:
             yield start, start + n, Status.PRESENT if present else Status.ABSENT
             start += n
 
+    def data_pages(self, first: int, end: int) -> Iterator[int]:
+        """Pages in ``[first, end)`` whose bytes are stored (plain or zlib), in order."""
+        if self.bitmap is None:
+            for a, _, chunk in self.block.index.entries(first, end):
+                if chunk is not None:
+                    yield from (a + i for i, v in enumerate(chunk) if v > qs.ZERO)
+            return
+        bits = self.bitmap
+        if not bits:
+            return
+        limit = min(end, (self.size - self.block.mapped.pages_offset) // self.ps)
+        for byte in range(first >> 3, (limit + 7) >> 3):
+            if bits[byte]:
+                for p in range(max(first, byte * 8), min(limit, byte * 8 + 8)):
+                    if bits[byte] >> (p & 7) & 1:
+                        yield p
+
     def counts(self) -> dict[str, int]:
         """Pages by kind, for ``info``."""
         if self.bitmap is None:
@@ -185,6 +202,21 @@ class RamWindow(Segment):
     def read(self, rel: int, size: int) -> bytes:
         page, in_page = divmod(self.offset + rel, self.pages.ps)
         return self.pages.page(page)[in_page:in_page + size]
+
+    def read_span(self, rel: int, size: int, page_size: int = 4096) -> bytearray:
+        """Bytes of ``[rel, rel+size)`` for ``scan`` (zeros where not present): a zeroed buffer
+        into which only pages with data are copied, found from the index entries (or the
+        mapped-ram bitmap) of the span, not by a lookup per page."""
+        pages, ps = self.pages, self.pages.ps
+        out = bytearray(size)
+        start = self.offset + rel  # block offset of out[0]
+        first, end = start // ps, (start + size + ps - 1) // ps
+        for page in pages.data_pages(first, end):
+            lo = max(page * ps, start)
+            hi = min((page + 1) * ps, start + size)
+            data = pages.page(page)
+            out[lo - start:hi - start] = data[lo - page * ps:hi - page * ps]
+        return out
 
     def status_runs(self, rel: int, end: int, page_size: int = 4096
                     ) -> Iterator[tuple[int, int, Status]]:
