@@ -9,7 +9,7 @@ import lzma
 
 import pytest
 
-from dumpwriter import Kdump, Load, elf_core, flatten, kdump_file
+from dumpwriter import Kdump, Load, XenVcpu, elf_core, flatten, kdump_file, xen_core_file
 from clitools import cli
 from xenrs_cli.dumps import FORMATS, SNIFF_ORDER, detect, open_dump
 
@@ -36,9 +36,10 @@ SAMPLES = {
 
 
 def test_registered_formats():
-    assert {"raw", "elf", "kdump", "qemu-migration"} <= set(FORMATS)
-    assert SNIFF_ORDER[:2] == ("elf", "kdump") and "qemu-migration" in SNIFF_ORDER
-    assert set(SNIFF_ORDER) == set(FORMATS) - {"raw"}
+    assert {"raw", "elf", "kdump", "xen-core", "qemu-migration"} <= set(FORMATS)
+    assert "raw" not in SNIFF_ORDER and "qemu-migration" in SNIFF_ORDER
+    # an xl dump-core is an ELF core: it must be recognised before the ELF reader takes it
+    assert SNIFF_ORDER.index("xen-core") < SNIFF_ORDER.index("elf")
 
 
 @pytest.mark.parametrize("fmt", list(SAMPLES))
@@ -83,6 +84,10 @@ def test_base_is_only_for_raw(tmp_path):
 FOREIGN = [
     (b"PAGEDU64" + bytes(100), "a Windows crash dump (QEMU win-dmp)", "dump-guest-memory"),
     (b"DISKDUMP" + bytes(100), "an old-style diskdump file", "open it with crash"),
+    (bytes.fromhex("d2bed2be") + bytes(100), "a VMware checkpoint state file (.vmss/.vmsn)",
+     "vmss2core -N6"),
+    (bytes.fromhex("d1bad1ba") + bytes(100), "a VMware checkpoint state file", "vmss2core"),
+    (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd-compressed", "zstd -d FILE"),
     (gzip.compress(b"x" * 100), "gzip-compressed", "gzip -dk FILE"),
     (lzma.compress(b"x" * 100), "xz-compressed", "xz -dk FILE"),
 ]
@@ -99,12 +104,16 @@ def test_foreign_inputs_are_named(tmp_path, data, what, todo):
 
 def test_xen_dump_core_is_named(tmp_path):
     p = tmp_path / "xl.core"
+    p.write_bytes(xen_core_file([(0, 0x1000, bytes(PAGE))], [XenVcpu()]))
+    assert json.loads(cli("info", p, "--format", "json").stdout)["format"] == "xen-core"
+    msg = error_line(cli("info", p, "--dump-format", "elf"))
+    assert msg.startswith("xenrs: error: this is a Xen xl dump-core file")
+    assert "--dump-format xen-core" in msg
+    # section names alone route an ELF to the xen-core reader, which names what is wrong
     p.write_bytes(elf_core([Load(0, bytes(PAGE))],
                            sections=[b".shstrtab", b".note.Xen", b".xen_prstatus", b".xen_pages",
                                      b".xen_p2m"], qemu_layout=False))
-    msg = error_line(cli("info", p))
-    assert msg.startswith("xenrs: error: this is a Xen xl dump-core file")
-    assert "virsh dump --memory-only --format elf" in msg
+    assert ".note.Xen" in error_line(cli("info", p))
     # HVM dump-core uses .xen_pfn instead of .xen_p2m
     p.write_bytes(elf_core([Load(0, bytes(PAGE))], sections=[b".shstrtab", b".xen_pfn"]))
     assert "xl dump-core" in error_line(cli("info", p))

@@ -99,3 +99,23 @@ def test_console_examples_are_real_output(monkeypatch):
         assert got == shown.rstrip("\n"), cmd
         checked += 1
     assert checked >= 3
+
+
+def test_real_xen_examples_are_real_output(monkeypatch, tmp_path):
+    """The README's examples on the real Xen dumps (``realxen/...``, linked as
+    ``python tests/realxen.py realxen`` does) print exactly what they show."""
+    import realxen
+
+    realxen.main([str(tmp_path / "realxen")])
+    checked = 0
+    for cmd, shown in console_examples():
+        argv = shlex.split(cmd)[1:]
+        if not any(a.startswith("realxen/") for a in argv):
+            continue
+        monkeypatch.chdir(tmp_path)
+        r = CliRunner().invoke(xenrs, argv)
+        assert r.exit_code == 0, (cmd, r.stderr)
+        got = "\n".join(l.rstrip() for l in r.stdout.rstrip("\n").splitlines())
+        assert got == shown.rstrip("\n"), cmd
+        checked += 1
+    assert checked >= 4

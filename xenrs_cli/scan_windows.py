@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from xenrs_cli.accounting import Accounting
 from xenrs_cli.address_space import LinearSegment, Run, Segment, Status
 from xenrs_cli.layouts import LAYOUTS, XEN_RUNSTATE_UPDATE, Layout
+from xenrs_cli.scan_rules import prefilter
+from xenrs_cli.scan_stats import EXAMPLES, ScanStats
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from xenrs_cli.scan import ScanStats
 
 MAX_SIZE = max(l.size for l in LAYOUTS.values())
 REACH = MAX_SIZE - 1  # bytes past a start GPA that a record can touch
@@ -176,10 +177,14 @@ ENTRY_MASK = ~XEN_RUNSTATE_UPDATE & (2**64 - 1)
 
 
 def check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarray,
-                  layout: Layout, min_entry: int) -> list[int]:
-    """The GPA of every start in the core that passes SPEC §6's rules for ``layout``, given the
-    ascending positions of its possible ``state_entry_time`` fields (one byte shift, already of
-    the layout's alignment)."""
+                  layout: Layout, min_entry: int, accept: frozenset[Accounting],
+                  stats: ScanStats | None = None) -> list[int]:
+    """The GPA of every start in the core that passes SPEC §6's rules for ``layout`` — state
+    0..3, entry time at least ``min_entry``, an accounting in ``accept`` — given the ascending
+    positions of its possible ``state_entry_time`` fields (one byte shift, already of the
+    layout's alignment). With ``stats``, the cheap rules of :mod:`xenrs_cli.scan_rules` apply
+    too (:func:`~xenrs_cli.scan_rules.prefilter`), and what they reject is counted there;
+    without (``--loose``) they do not."""
     starts = entries - layout.entry_offset
     lo = np.searchsorted(starts, 0)
     hi = np.searchsorted(starts, min(core_len, len(buf) - layout.size + 1))
@@ -191,8 +196,29 @@ def check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarr
     if not starts.size:
         return []
     entry = values_at(np, buf, starts + layout.entry_offset, "<u8") & np.uint64(ENTRY_MASK)
+    ok = entry >= np.uint64(max(min_entry, 1))
+    times = [values_at(np, buf, starts + layout.times_offset + 8 * i, "<u8") for i in range(4)]
+    # exact: the u64 sum (wrapping, as the kernel's) equals the entry time. offset: every time
+    # and every partial sum stays below the entry time (< 2^63, so the partial sums never wrap).
     total = np.zeros(starts.size, dtype=np.uint64)
-    for i in range(4):  # uint64 addition wraps modulo 2^64, as the kernel's u64 sum does
-        total += values_at(np, buf, starts + layout.times_offset + 8 * i, "<u8")
-    ok = (entry == total) & (entry >= np.uint64(max(min_entry, 1)))
+    fits = np.ones(starts.size, dtype=bool)
+    for t in times:
+        fits &= t <= entry
+        total += t
+        fits &= total <= entry
+    exact = total == entry
+    allowed = np.zeros(starts.size, dtype=bool)
+    if Accounting.EXACT in accept:
+        allowed |= exact
+    if Accounting.OFFSET in accept:
+        allowed |= fits & ~exact
+    ok &= allowed
+    if stats is not None and ok.any():
+        padding = (values_at(np, buf, starts + 4, "<u4") if layout.has_padding else None)
+        for rule, broken in prefilter(np, padding, entry, times, exact):
+            hit = ok & broken
+            if hit.any():
+                stats.reject(rule.name, int(np.count_nonzero(hit)),
+                             (starts[hit][:EXAMPLES] + gpa).tolist())
+                ok &= ~broken
     return (starts[ok] + gpa).tolist()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from xenrs_cli.cli.common import (GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
-                                  emit_json, expand_gpas, format_option, resolve_format, warn)
+                                  emit_json, expand_gpas, format_option, hypervisor_option,
+                                  resolve_format, warn)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
@@ -19,14 +20,16 @@ from xenrs_cli.layouts import LAYOUTS
               help="64-bit (48 bytes) or compat (44 bytes, 32-bit guest); auto infers it.")
 @format_option()
 @click.option("--strict", is_flag=True,
-              help="Exit 1 if a record is mid-update, inconsistent or has an unknown state.")
+              help="Exit 1 if a record is mid-update, has an unknown state, or has an "
+                   "accounting the --hypervisor cannot leave.")
+@hypervisor_option
 @click.option("--allow-missing", is_flag=True,
               help="Decode what is in the dump; fields over missing bytes are null.")
 @click.option("--hex", "show_hex", is_flag=True,
               help="Table: also show the struct bytes, fields coloured, page boundary marked.")
 @dump_format_option
 @common_options
-def decode(dump: str, gpas: tuple, layout: str, fmt: str | None, strict: bool,
+def decode(dump: str, gpas: tuple, layout: str, fmt: str | None, strict: bool, hypervisor: str,
            allow_missing: bool, show_hex: bool, dump_format: str) -> int:
     """Decode the vcpu_runstate_info at each GPA of DUMP.
 
@@ -52,7 +55,7 @@ def decode(dump: str, gpas: tuple, layout: str, fmt: str | None, strict: bool,
         failed = finding = False
         for gpa in expand_gpas(gpas):
             try:
-                rec = decode_at(d.space, gpa, layout, allow_missing)
+                rec = decode_at(d.space, gpa, layout, allow_missing, hypervisor)
             except InputError as e:
                 click.echo(f"xenrs: error: {e}", err=True)
                 failed = True

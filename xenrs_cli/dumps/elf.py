@@ -10,7 +10,8 @@ assumes ``sizeof(Elf64_Ehdr)`` (makedumpfile's ``get_elf64_phdr``) finds no prog
 Notes (``PT_NOTE``) feed ``info``: the vCPU count from ``CORE``/``NT_PRSTATUS``, QEMU's per-vCPU
 ``QEMUCPUState`` (target/i386/arch_dump.c ``qemu_get_cpustate``), and ``VMCOREINFO``. An ELF
 whose section headers name ``.xen_pages``/``.xen_p2m``/``.xen_pfn`` is Xen's ``xl dump-core``
-(tools/libs/guest/xg_core.c), whose GPAs are not ``p_paddr``: it is refused, never misread.
+(tools/libs/guest/xg_core.c), whose GPAs are not ``p_paddr``: ``xen_core`` reads it (detection
+tries it first); forced through this reader it is refused, never misread.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def structs(is64: bool, little: bool) -> dict[str, Struct]:
     return {"ehdr": ehdr, "phdr": phdr, "shdr": shdr, "nhdr": nhdr}
 
 
-def _ident(buf) -> tuple[bool, bool] | None:
+def elf_ident(buf) -> tuple[bool, bool] | None:
     """(is64, little) of an ELF file, or ``None`` if ``buf`` is not ELF."""
     if bytes(buf[:4]) != ELF_MAGIC:
         return None
@@ -79,7 +80,7 @@ def _ident(buf) -> tuple[bool, bool] | None:
 
 def sniff(buf) -> bool:
     """True for an ELF core; raises for an ELF that is not one (or is Xen's dump-core)."""
-    ident = _ident(buf)
+    ident = elf_ident(buf)
     if ident is None:
         return False
     _check_core(buf, *ident)
@@ -100,21 +101,27 @@ def _check_core(buf, is64: bool, little: bool) -> Any:
     return eh
 
 
-def _section_names(buf, eh, is64: bool, little: bool) -> list[str]:
-    """Names of the section headers (empty when there are none or they are unreadable:
-    sections are optional in a core file and only used to recognise ``xl dump-core``)."""
+def section_headers(buf, eh, is64: bool, little: bool) -> list[tuple[str, Any]]:
+    """``(name, Elf_Shdr)`` of every section header (at most 256: the files xenrs reads have a
+    handful); raises :class:`BadDumpError` where the headers or their names are unreadable."""
     shdr = structs(is64, little)["shdr"]
     if eh.e_shoff == 0 or eh.e_shnum == 0 or eh.e_shstrndx >= eh.e_shnum:
         return []
+    strtab = parse(shdr, buf, eh.e_shoff + eh.e_shstrndx * shdr.sizeof(), "section header")
+    # names are short: never copy more than 64 KiB, whatever a corrupt sh_size says
+    table = bytes(buf[strtab.sh_offset:strtab.sh_offset + min(strtab.sh_size, 1 << 16)])
+    out = []
+    for i in range(min(eh.e_shnum, 256)):
+        sh = parse(shdr, buf, eh.e_shoff + i * shdr.sizeof(), f"section header {i}")
+        out.append((table[sh.sh_name:].split(b"\0", 1)[0].decode("ascii", "replace"), sh))
+    return out
+
+
+def _section_names(buf, eh, is64: bool, little: bool) -> list[str]:
+    """Names of the section headers (empty when there are none or they are unreadable:
+    sections are optional in a core file and only used to recognise ``xl dump-core``)."""
     try:
-        strtab = parse(shdr, buf, eh.e_shoff + eh.e_shstrndx * shdr.sizeof(), "section header")
-        # names are short: never copy more than 64 KiB, whatever a corrupt sh_size says
-        table = bytes(buf[strtab.sh_offset:strtab.sh_offset + min(strtab.sh_size, 1 << 16)])
-        names = []
-        for i in range(min(eh.e_shnum, 256)):
-            sh = parse(shdr, buf, eh.e_shoff + i * shdr.sizeof(), "section header")
-            names.append(table[sh.sh_name:].split(b"\0", 1)[0].decode("ascii", "replace"))
-        return names
+        return [name for name, _ in section_headers(buf, eh, is64, little)]
     except BadDumpError:
         return []
 
@@ -187,7 +194,7 @@ def load_segments(buf, size: int, phdrs: list) -> tuple[list[Segment], list[dict
 
 def load(mapped: MappedFile, base: int = 0) -> Dump:
     buf = mapped.buf
-    ident = _ident(buf)
+    ident = elf_ident(buf)
     if ident is None:
         raise BadDumpError("not an ELF file (no \\x7fELF magic)", offset=0)
     is64, little = ident

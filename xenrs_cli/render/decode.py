@@ -61,14 +61,17 @@ def field_table(d: Decoded, obj: dict) -> Table:
 
 def summary(obj: dict) -> Text:
     s = Text()
-    ok = obj["consistent"]
-    s.append("sum of time[] ")
+    ok, kind = obj["consistent"], obj["accounting"]
+    s.append("accounting ")
     if ok is None:
         s.append("unknown", style="yellow")
-    elif ok:
-        s.append("= state_entry_time", style="green")
+    elif kind == "exact":
+        s.append("exact (sum of time[] = state_entry_time)", style="green")
+    elif kind == "offset":
+        s.append(f"offset (sum of time[] {_ns(obj['unaccounted'])} behind state_entry_time)",
+                 style="green" if ok else "bold red")
     else:
-        s.append(f"≠ state_entry_time (sum {obj['time_sum']:,})", style="bold red")
+        s.append(f"broken (sum of time[] {obj['time_sum']:,})", style="bold red")
     s.append(f"   steal {_ns(obj['steal'])}")
     return s
 

@@ -35,6 +35,10 @@ class ProgressBar:
         self._progress.update(self._task, completed=done, total=total)
 
 
+LATER_STYLE = {"advanced": "green", "unchanged": "dim", "inconsistent": "red",
+               "missing": "yellow"}
+
+
 def _ns(v: int | None) -> str:
     return "—" if v is None else f"{v / 1e9:,.3f} s"
 
@@ -56,8 +60,10 @@ class ScanTable:
             return
         t = Table(title=f"{self.dump}: {len(self.rows)} runstate area(s)", title_justify="left",
                   header_style="bold", box=None, pad_edge=False)
+        later = "later" in self.rows[0]
         for col, just in (("GPA", "left"), ("layout", "left"), ("state", "left"),
-                          ("entry time", "right"), ("steal", "right"), ("array", "left"),
+                          ("entry time", "right"), ("accounting", "left"), ("steal", "right"),
+                          *((("later", "left"),) if later else ()), ("array", "left"),
                           ("notes", "left")):
             t.add_column(col, justify=just)
         for o in self.rows:
@@ -74,5 +80,8 @@ class ScanTable:
             array = ("" if o["array_index"] is None
                      else f"{o['array_gpa']}[{o['array_index']}/{o['array_len']}]")
             t.add_row(o["gpa"], o["layout"], o["state"], _ns(o["state_entry_time"]),
-                      _ns(o["steal"]), array, Text(", ").join(notes))
+                      o["accounting"] or "—", _ns(o["steal"]),
+                      *((Text(o["later"], style=LATER_STYLE.get(o["later"], "")),) if later
+                        else ()),
+                      array, Text(", ").join(notes))
         con.print(t)
