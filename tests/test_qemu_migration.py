@@ -21,7 +21,8 @@ import qemu_streams
 from clitools import cli, one_line_error
 from xenrs_cli.address_space import Status
 from xenrs_cli.dumps import detect, open_dump
-from xenrs_cli.dumps.qemu_migration import ram_split
+from xenrs_cli.dumps.qemu_migration import family, ram_split
+from xenrs_cli.errors import UnsupportedDumpError
 
 NAMES = [s["file"] for s in qemu_streams.streams()]
 BOOTED = [s["file"] for s in qemu_streams.streams() if s["booted"]]
@@ -447,6 +448,13 @@ def test_ram_split_rule():
     assert ram_split("q35", "pc-q35-7.2", 0xAFFFF000) == 0xAFFFF000
     assert ram_split("q35", "pc-q35-7.2", 0xB0000000) == 0x80000000
     assert ram_split("q35", "pc-q35-10.0", 0x40000000) == 0x40000000
+    # distribution machine types (RHEL, Ubuntu) keep the family's rule
+    assert family("pc-i440fx-rhel7.6.0") == "i440fx" and family("pc-q35-rhel9.4.0") == "q35"
+    assert ram_split("i440fx", "pc-i440fx-rhel7.6.0", 0x100000000) == 0xC0000000
+    assert family("pc-i440fx-jammy") == "i440fx" and family("pc-q35-noble") == "q35"
+    for other in ("microvm", "virt-9.2", "s390-ccw-virtio-8.2", "isapc-x"):
+        with pytest.raises(UnsupportedDumpError, match="machine type"):
+            family(other)
 
 
 # ---------------------------------------------------------------------------------------------

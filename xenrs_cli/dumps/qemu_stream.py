@@ -173,7 +173,6 @@ class Stream:
     notes: list[str] = field(default_factory=list)
     page_records: int = 0
     compressed_pages: int = 0
-    commands: list[str] = field(default_factory=list)
 
 
 def _zero_records(first: int, n: int, shift: int) -> bytes:
@@ -280,8 +279,7 @@ class _Walker:
                     raise UnsupportedDumpError(
                         f"this migration stream switched to postcopy (command {name} at file "
                         f"offset 0x{pos:x}); only precopy streams are read")
-                s.commands.append(str(cmd.command))
-                pos += 5 + cmd.len
+                pos += 5 + cmd.len  # OPEN_RETURN_PATH, PING, POSTCOPY_ADVISE: nothing to keep
             elif kind == VMDESCRIPTION:
                 s.complete = True
                 return pos
