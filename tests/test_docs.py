@@ -51,9 +51,33 @@ def test_decode_record_example_is_real_output(monkeypatch):
 DUMP_ARG = re.compile(r"\.(raw|elf|kdump|flat|core|img|mig|save)(@0x[0-9a-f_]+)?$")
 
 
+REALXEN = "tests/data/realxen/"
+
+
 def runnable_here(argv: list[str]) -> bool:
-    """An example runs in the test when every dump it names is shipped in examples/."""
-    return all(a.startswith("examples/") for a in argv if DUMP_ARG.search(a))
+    """An example runs in the test when every dump it names is shipped in examples/ or is one
+    of the real Xen dumps (tests/data/realxen/NAME, decompressed by tests/realxen.py)."""
+    return all(a.startswith(("examples/", REALXEN)) for a in argv if DUMP_ARG.search(a))
+
+
+def real_dumps_dir(tmp_path: pathlib.Path, argv: list[str]) -> pathlib.Path | None:
+    """A directory where the example's tests/data/realxen/NAME paths exist (links to the
+    decompressed dumps, and to the rest of tests/data), so its output shows the README's paths."""
+    names = [a[len(REALXEN):] for a in argv if a.startswith(REALXEN)]
+    if not names:
+        return None
+    import realxen
+
+    data = tmp_path / "tests" / "data"
+    (data / "realxen").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        link = data / "realxen" / name
+        if not link.exists():
+            link.symlink_to(realxen.path(name))
+    for f in (ROOT / "tests" / "data").iterdir():
+        if f.is_file() and not (data / f.name).exists():
+            (data / f.name).symlink_to(f)
+    return tmp_path
 
 
 def code_blocks() -> list[list[str]]:
@@ -87,14 +111,20 @@ def console_examples() -> list[tuple[str, str]]:
     return out
 
 
-def test_console_examples_are_real_output(monkeypatch):
-    """Every console example whose dumps ship in examples/ prints exactly what it shows."""
+def test_console_examples_are_real_output(monkeypatch, tmp_path):
+    """Every console example whose dumps ship in examples/ (or are the real Xen dumps) prints
+    exactly what it shows."""
     checked = 0
     for cmd, shown in console_examples():
         argv = shlex.split(cmd)[1:]
         if not runnable_here(argv):
             continue
-        r = run_in_root(monkeypatch, argv)
+        real = real_dumps_dir(tmp_path, argv)
+        if real is None:
+            r = run_in_root(monkeypatch, argv)
+        else:
+            monkeypatch.chdir(real)
+            r = CliRunner().invoke(xenrs, argv)
         got = "\n".join(l.rstrip() for l in r.stdout.rstrip("\n").splitlines())
         assert got == shown.rstrip("\n"), cmd
         checked += 1

@@ -93,8 +93,8 @@ def test_prefilter_never_rejects_what_the_rules_accept(state, entry, times, padd
         return
     arrays = [np.array([t], dtype=np.uint64) for t in times]
     exact = np.array([info.accounting is Accounting.EXACT])
-    masks = prefilter(np, np.array([padding], dtype=np.uint32), np.array([entry], np.uint64),
-                      arrays, exact)
+    masks = prefilter(np, np.array([state], dtype=np.uint32), np.array([padding], dtype=np.uint32),
+                      np.array([entry], np.uint64), arrays, exact)
     rejected = [rule for rule, mask in masks if mask[0]]
     # what numpy rejects, the rules reject too (it applies a subset of them)
     assert not rejected or failed_rule(info) is not None

@@ -48,7 +48,7 @@ from xenrs_cli.address_space import AddressSpace, Status
 from xenrs_cli.decode import Decoded, decode_at, hexaddr, to_json_dict
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUT_64, LAYOUT_COMPAT, PAGE_SIZE, Layout, RunstateInfo, decode
-from xenrs_cli.scan_rules import CLOCK, CLOCK_FACTOR, CROWD, failed_rule
+from xenrs_cli.scan_rules import CLOCK, CLOCK_FACTOR, CROWD, MAX_ENTRY_TIME, UPTIME, failed_rule
 from xenrs_cli.scan_stats import ScanStats
 from xenrs_cli.scan_windows import (MAX_SIZE, REACH, SEAM, check_layout, entry_positions,
                                     streams, windows)
@@ -324,7 +324,8 @@ class Scanner:
                          if (s - l.entry_offset) % a == 0})
         cluster: list[_Raw] = []
         words = (opts.chunk_size + SEAM + REACH) // 8 + 1  # the largest window, in words
-        scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool))
+        scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool),
+                   np.empty(words, dtype=np.uint64))
         if self.progress is not None:
             self.progress(0, total)
         spans = self.space.runs(stats.range_start, stats.range_end)
@@ -332,9 +333,12 @@ class Scanner:
             for gpa, core_len, data in windows(stream, opts.chunk_size):
                 buf = np.frombuffer(data, dtype=np.uint8)
                 found: list[_Raw] = []
-                for shift, entries in entry_positions(np, buf, gpa, shifts, self._threshold,
-                                                       scratch):
-                    stats.candidates += int(entries.size)
+                below = None if opts.loose else MAX_ENTRY_TIME
+                for shift, entries, beyond in entry_positions(np, buf, gpa, shifts,
+                                                              self._threshold, scratch, below):
+                    stats.candidates += int(entries.size) + beyond
+                    if beyond:
+                        stats.reject(UPTIME.name, beyond, [])
                     for layout, align in checks:
                         if entries.size and (shift - layout.entry_offset) % align == 0:
                             found += self._vetted(check_layout(

@@ -177,20 +177,33 @@ def failed_rule(info: RunstateInfo) -> Rule | None:
     return None
 
 
-def prefilter(np, padding, entry, times, exact) -> list[tuple[Rule, object]]:
-    """The vectorised form of the cheap rules of :func:`failed_rule`, in its order: ``(rule,
-    mask of the candidates that break it)``. ``padding`` is ``None`` for compat; ``times`` is
-    the four ``time[]`` arrays; ``exact`` marks the exact ones (the others are offset)."""
-    nonzero = [t != 0 for t in times]
-    anytime = nonzero[0] | nonzero[1] | nonzero[2] | nonzero[3]
+def prefilter(np, state, padding, entry, times, exact) -> list[tuple[Rule, object]]:
+    """The vectorised form of the rules of :func:`failed_rule` that need no Python, in its
+    order: ``(rule, mask of the candidates that break it)``. ``state`` and ``entry`` (flag bit
+    cleared) are arrays, ``padding`` too or ``None`` for compat, ``times`` the four ``time[]``
+    arrays, ``exact`` marks the exact ones (the others are offset). What is left to
+    :func:`failed_rule`: the texture's binomial tail, distinct times, text."""
+    run, wait, block, off = times
+    nz = [t != 0 for t in times]
+    count = nz[0].astype(np.uint8) + nz[1] + nz[2] + nz[3]
     short = np.zeros(entry.shape, dtype=bool)
-    for t, nz in zip(times, nonzero):
-        short |= nz & (t < np.uint64(MIN_PERIOD))
+    for t, n in zip(times, nz):
+        short |= n & (t < np.uint64(MIN_PERIOD))
+    offset = ~exact
+    # lifecycle_ok(): a single time is offline's, in another state (runnable on Xen); Xen's
+    # history starts offline and runs after a wake; blocking needs running
+    single_ok = nz[RunState.offline] & (state != RunState.offline) & (
+        exact | (state == RunState.runnable))
+    life = (count == 1) & ~single_ok
+    life |= offset & ~nz[RunState.offline]
+    life |= offset & nz[RunState.running] & ~nz[RunState.runnable]
+    life |= nz[RunState.blocked] & ~nz[RunState.running]
+    # texture's multiple of 2^32 (up to the lowest byte)
+    packed = np.zeros(entry.shape, dtype=bool)
+    for v in (entry, *times):
+        packed |= ((v >> np.uint64(32)) != 0) & (((v >> np.uint64(8)) & np.uint64(0xFFFFFF)) == 0)
     out = [(UPTIME, entry >= np.uint64(MAX_ENTRY_TIME))]
     if padding is not None:
         out.append((PADDING, padding != 0))
-    out += [(IDLE, ~anytime),
-            # Xen's offline-first, the part of lifecycle_ok() that needs no decoding.
-            (LIFECYCLE, ~exact & ~nonzero[RunState.offline]),
-            (PERIOD, short)]
+    out += [(IDLE, count == 0), (LIFECYCLE, life), (PERIOD, short), (TEXTURE, packed)]
     return out

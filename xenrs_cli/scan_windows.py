@@ -139,22 +139,50 @@ def values_at(np, buf: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold: int,
-                     scratch: tuple[np.ndarray, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: the ascending byte positions ``p``
-    of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value (flag bit included, so an upper
-    bound of the entry time) is at least ``threshold``.
+                     scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     below: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
+    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: ``(s, positions, beyond)``, the
+    ascending byte positions ``p`` of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value
+    (flag bit included, so an upper bound of the entry time) is at least ``threshold`` and,
+    with ``below``, whose value without the flag bit is under ``below``; ``beyond`` counts the
+    fields that reach ``threshold`` but not that bound.
 
-    One pass over the window finds the nonzero aligned words; an 8-byte field at shift ``s > 0``
-    overlaps words ``w`` and ``w + 1``, so only fields next to a nonzero word are read, and only
-    at those places. In a dump of zero pages that is nothing. ``scratch`` is two boolean arrays
-    of at least one element per word, reused across windows (fresh ones would page-fault in
-    every window: measured 2x slower).
+    One pass over the window finds the nonzero aligned words. Where they are few (sparse memory:
+    zero pages), an 8-byte field at shift ``s > 0`` overlaps words ``w`` and ``w + 1``, so only
+    fields next to a nonzero word are read, and only at those places. Where they are many (dense
+    memory: a kernel, a heap), gathering them one by one costs more than comparing every field
+    of the window through one contiguous (possibly unaligned) view per shift, which is what is
+    done there. ``scratch`` is two boolean arrays and one uint64 array of at least one element
+    per word, reused across windows (fresh ones would page-fault in every window: measured 2x
+    slower).
     """
     head = (-gpa) % 8  # bytes before the first 8-aligned GPA of the window
     words = (len(buf) - head) // 8
-    if words <= 0:
+    if words <= 0 or (below is not None and threshold >= below):
         return
     aligned = np.ndarray((words,), dtype="<u8", buffer=buf, offset=head)
+    lo = np.uint64(threshold)
+    # How dense: a sample of every 64th word decides the method (a full count would be one
+    # more pass over the window).
+    if np.count_nonzero(aligned[::SAMPLE]) * DENSE > -(-words // SAMPLE):
+        for s in shifts:
+            start = (head + s) % 8  # the first field at shift s wholly inside the window
+            fields = np.ndarray(((len(buf) - start) // 8,), dtype="<u8", buffer=buf,
+                                offset=start)
+            n = fields.size
+            if below is None:
+                hit = np.greater_equal(fields, lo, out=scratch[0][:n])
+                yield s, start + 8 * np.flatnonzero(hit), 0
+                continue
+            # lo <= value without the flag < below, as one unsigned comparison of value - lo;
+            # elementwise, as most dense fields are pointers or text far above the bound
+            v = np.bitwise_and(fields, np.uint64(ENTRY_MASK), out=scratch[2][:n])
+            beyond = int(np.count_nonzero(np.greater_equal(v, np.uint64(below),
+                                                           out=scratch[1][:n])))
+            np.subtract(v, lo, out=v)
+            hit = np.less(v, np.uint64(below - threshold), out=scratch[0][:n])
+            yield s, start + 8 * np.flatnonzero(hit), beyond
+        return
     nonzero = np.not_equal(aligned, 0, out=scratch[0][:words])
     if not nonzero.any() and not buf[:head].any():
         return
@@ -170,7 +198,25 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
             pos = np.concatenate(([head + s - 8], pos))
         pos = pos[:np.searchsorted(pos, len(buf) - 8, side="right")]
         if pos.size:
-            yield s, pos[values_at(np, buf, pos, "<u8") >= np.uint64(threshold)]
+            values = values_at(np, buf, pos, "<u8")
+            keep = values >= lo
+            yield (s, *_bounded(np, pos[keep], values[keep], below))
+
+
+# Above one nonzero word in DENSE (in a sample of one word in SAMPLE), a window is scanned
+# field by field rather than gathered.
+DENSE = 16
+SAMPLE = 64
+
+
+def _bounded(np, pos, values, below: int | None) -> tuple[np.ndarray, int]:
+    """The positions whose value without the flag bit is under ``below`` (all when ``None``),
+    and how many were not."""
+    if below is None:
+        return pos, 0
+    ok = (values & np.uint64(ENTRY_MASK)) < np.uint64(below)
+    kept = pos[ok]
+    return kept, int(pos.size - kept.size)
 
 
 ENTRY_MASK = ~XEN_RUNSTATE_UPDATE & (2**64 - 1)
@@ -192,7 +238,9 @@ def check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarr
     if not starts.size:
         return []
     # state: a little-endian int32 in 0..3, RUNSTATE_running..RUNSTATE_offline.
-    starts = starts[values_at(np, buf, starts, "<u4") <= 3]
+    state = values_at(np, buf, starts, "<u4")
+    known = state <= 3
+    starts, state = starts[known], state[known]
     if not starts.size:
         return []
     entry = values_at(np, buf, starts + layout.entry_offset, "<u8") & np.uint64(ENTRY_MASK)
@@ -215,7 +263,7 @@ def check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarr
     ok &= allowed
     if stats is not None and ok.any():
         padding = (values_at(np, buf, starts + 4, "<u4") if layout.has_padding else None)
-        for rule, broken in prefilter(np, padding, entry, times, exact):
+        for rule, broken in prefilter(np, state, padding, entry, times, exact):
             hit = ok & broken
             if hit.any():
                 stats.reject(rule.name, int(np.count_nonzero(hit)),

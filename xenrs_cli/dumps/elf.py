@@ -23,6 +23,7 @@ from construct import (Bytes, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub,
                        Int64ul, Struct)
 
 from xenrs_cli.address_space import GPA_LIMIT, AddressSpace, LinearSegment, Segment, ZeroSegment
+from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.dumps import Dump
 from xenrs_cli.binary import parse
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
@@ -216,7 +217,8 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
         "pt_loads": loads,
     }
     details.update(summarise_notes(raw_notes, little))
-    return Dump(mapped.name, "elf", AddressSpace(segs), mapped, details["elf_class"], details)
+    return Dump(mapped.name, "elf", AddressSpace(segs), mapped, details["elf_class"], details,
+                cpus=cpu_states(raw_notes, little))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,13 +290,45 @@ def summarise_notes(notes: list[tuple[str, int, bytes]], little: bool) -> dict[s
     return out
 
 
+EFER_LME, EFER_LMA = 1 << 8, 1 << 10
+
+
+def cpu_states(notes: list[tuple[str, int, bytes]], little: bool) -> tuple[CpuState, ...]:
+    """Each vCPU's control registers (SPEC §8): QEMU notes carry CR0/CR3/CR4; ``NT_PRSTATUS``
+    (``elf_prstatus.pr_reg``, user registers only) carries none, so its vCPUs have ``None``."""
+    if not little:
+        return ()
+    qemu = [d for name, t, d in notes if name == "QEMU" and t == 0]
+    out = []
+    for i, desc in enumerate(qemu):
+        if len(desc) < QEMU_CPU_STATE.sizeof():
+            out.append(CpuState(i, source="QEMU note (too short)"))
+            continue
+        s = QEMU_CPU_STATE.parse(desc[:QEMU_CPU_STATE.sizeof()])
+        out.append(CpuState(i, s.cr0, s.cr3, s.cr4, _infer_efer(s), "QEMU note"))
+    if out:
+        return tuple(out)
+    n = sum(1 for name, t, _ in notes if name == "CORE" and t == NT_PRSTATUS)
+    return tuple(CpuState(i, source="NT_PRSTATUS") for i in range(n))
+
+
+def _infer_efer(s) -> int | None:
+    """EFER's long-mode bits, which QEMUCPUState lacks, where the other registers decide them:
+    a CS with the L bit runs 64-bit code, so LMA is set (SDM 5.2.1); without CR0.PG or CR4.PAE
+    long mode is impossible. A 32-bit CS under paging with PAE is legacy PAE or compatibility
+    mode: undecided (``None``)."""
+    if s.cr0 & CR0_PG and s.cr4 & CR4_PAE and s.cs.flags & DESC_L_MASK:
+        return EFER_LME | EFER_LMA
+    if not s.cr0 & CR0_PG or not s.cr4 & CR4_PAE:
+        return 0
+    return None
+
+
 def _qemu_cpu(index: int, desc: bytes) -> dict[str, Any]:
     if len(desc) < QEMU_CPU_STATE.sizeof():
         return {"vcpu": index, "error": f"QEMU note of {len(desc)} bytes, too short"}
     s = QEMU_CPU_STATE.parse(desc[:QEMU_CPU_STATE.sizeof()])
-    # Long mode is not in QEMUCPUState (no EFER): 64-bit code needs CR0.PG, CR4.PAE and a CS
-    # with the L bit (Intel SDM 5.2.1); a 32-bit CS under LMA (compat mode) reads as protected.
-    if s.cr0 & CR0_PG and s.cr4 & CR4_PAE and s.cs.flags & DESC_L_MASK:
+    if _infer_efer(s):  # long mode, as the CS L bit says (compat mode reads as protected)
         mode = "long (64-bit)"
     elif s.cr0 & CR0_PE:
         mode = "protected"

@@ -429,10 +429,7 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
                               if w.block == name) or "not mapped (device or firmware data)",
              **pages[name].counts()}
             for name, b in stream.blocks.items()],
-        "vcpus": len(cpus) or None,
-        "cpus": [{"vcpu": c.index, "cr0": f"0x{c.cr0:x}", "cr3": f"0x{c.cr3:x}",
-                  "cr4": f"0x{c.cr4:x}", "efer": f"0x{c.efer:x}"} for c in cpus
-                 if None not in (c.cr0, c.cr3, c.cr4, c.efer)],
+        "vcpus": len(cpus) or None,  # their control registers: Dump.cpus (info's "cpus")
     }
     xen = vmstate.xen_vcpus(buf, stream.devices)
     if xen:
