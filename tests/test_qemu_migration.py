@@ -379,6 +379,16 @@ def test_xen_vcpu_runstate_gpas_from_a_stream(tmp_path):
             assert d.space.read_present(int(p["gpa"], 16), 48).hex() == p["bytes"]
     r = cli("info", patched, "--format", "table")
     assert r.exit_code == 0 and "xen_vcpus" in r.stdout and "0x100000080" in r.stdout
+    # decode --vcpus without symbols reads the areas the stream says each vCPU registered:
+    # here the planted records "mid" and "above_4g"
+    r = cli("decode", patched, "--vcpus", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rec["gpa"] for rec in recs] == ["0x1234040", "0x100000080"]
+    want = {p["gpa"]: p for p in e["points"]}
+    for rec in recs:
+        assert rec["state_code"] == want[rec["gpa"]]["state"]
+        assert rec["state_entry_time"] == want[rec["gpa"]]["state_entry_time"]
 
 
 def test_xen_vcpu_and_control_registers_from_the_writer(tmp_path):
