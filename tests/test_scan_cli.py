@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -141,7 +142,7 @@ def test_selftest_area_with_round_counters_is_found_unshifted():
     # examples/guest.raw: the 64-bit area at 0xc0001ff1 has counters that are all multiples
     # of 256, so its one-byte-later reading passes the rules too (as value / 256, 20 ms of
     # entry time); the one that meets --min-entry-time is the record.
-    img = "examples/guest.raw@0xc0000000"
+    img = f"{pathlib.Path(__file__).parent.parent / 'examples' / 'guest.raw'}@0xc0000000"
     r = run("scan", img, "--align", "1", "--format", "json", "-q")
     assert [(x["gpa"], x["layout"]) for x in lines(r)] == [
         ("0xc0001ff1", "64"), ("0xc0001ff5", "compat"), ("0xc0002404", "compat")]
