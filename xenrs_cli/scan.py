@@ -323,6 +323,9 @@ class Scanner:
         # Byte shifts (GPA mod 8) at which an allowed start puts state_entry_time.
         shifts = sorted({s for l, a in checks for s in range(8)
                          if (s - l.entry_offset) % a == 0})
+        # for each shift, how far before the entry time each layout read there has its state
+        state_before = {s: tuple(sorted({l.entry_offset for l, a in checks
+                                         if (s - l.entry_offset) % a == 0})) for s in shifts}
         cluster: list[_Raw] = []
         words = (opts.chunk_size + SEAM + REACH) // 8 + 1  # the largest window, in words
         scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool),
@@ -336,7 +339,8 @@ class Scanner:
                 found: list[_Raw] = []
                 below = None if opts.loose else MAX_ENTRY_TIME
                 for shift, entries, beyond in entry_positions(np, buf, gpa, shifts,
-                                                              self._threshold, scratch, below):
+                                                              self._threshold, scratch, below,
+                                                              state_before):
                     stats.candidates += int(entries.size) + beyond
                     if beyond:
                         stats.reject(UPTIME.name, beyond, [])
