@@ -48,7 +48,7 @@ def test_decode_record_example_is_real_output(monkeypatch):
     assert json.loads(r.stdout) == expected
 
 
-DUMP_ARG = re.compile(r"\.(raw|elf|kdump|flat|core|img)(@0x[0-9a-f_]+)?$")
+DUMP_ARG = re.compile(r"\.(raw|elf|kdump|flat|core|img|mig|save)(@0x[0-9a-f_]+)?$")
 
 
 REALXEN = "tests/data/realxen/"
