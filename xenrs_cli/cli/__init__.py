@@ -2,8 +2,9 @@
 
 Each command lives in its own module and is imported only when it runs, so ``xenrs decode``
 pays for click, construct and its own code, nothing else. Every :class:`XenrsError` becomes one
-line ``xenrs: error: ...`` on stderr with its exit code (SPEC §1); a closed stdout pipe ends
-quietly; anything else is an internal error (exit 70) whose traceback ``--traceback`` or
+line ``xenrs: error: ...`` on stderr with its exit code; a closed stdout pipe ends quietly
+with 141, as a shell reports a writer killed by SIGPIPE; SIGTERM and SIGHUP unwind (so that no
+temporary output file is left) and exit 128 + the signal; anything else is an internal error (exit 70) whose traceback ``--traceback`` or
 ``XENRS_TRACEBACK=1`` shows.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 import click
@@ -34,8 +36,26 @@ EXIT_USAGE = 2
 EXIT_SIGPIPE = 141  # what a shell reports for a writer killed by SIGPIPE
 
 
+class _PipeClosed(Exception):
+    """stdout's reader went away. Not an ``OSError``: click's ``main`` turns an ``EPIPE`` into
+    exit 1 before this group could see it, so :meth:`XenrsGroup.invoke` re-raises it as this."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP: a ``BaseException`` so that every ``finally`` and ``except
+    BaseException`` on the way out runs (``files.atomic_write`` removes its temporary file)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated(signum)
+
+
 class XenrsGroup(click.Group):
-    """Loads commands on demand and maps every failure to SPEC §1's exit codes."""
+    """Loads commands on demand and maps every failure to the documented exit codes."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -47,14 +67,31 @@ class XenrsGroup(click.Group):
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _PipeClosed() from None
+        except OSError as e:
+            import errno
+
+            if e.errno == errno.EPIPE:
+                raise _PipeClosed() from None
+            raise
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         state.reset()
+        saved = _catch_termination()
         try:
             rv = super().main(args, prog_name or "xenrs", complete_var, standalone_mode=False,
                               **extra)
             code = rv if isinstance(rv, int) else 0
         except click.exceptions.Exit as e:
             code = e.exit_code
+        except click.exceptions.NoArgsIsHelpError as e:
+            # bare `xenrs`: the whole help, laid out as click lays it out, then exit 2
+            click.echo(e.ctx.get_help() if e.ctx is not None else e.format_message(), err=True)
+            code = EXIT_USAGE
         except click.exceptions.Abort:
             _error("interrupted")
             code = 130
@@ -65,8 +102,10 @@ class XenrsGroup(click.Group):
                 raise
             _error(str(e))
             code = e.exit_code
-        except BrokenPipeError:
+        except (BrokenPipeError, _PipeClosed):
             code = _broken_pipe()
+        except _Terminated as e:
+            code = 128 + e.signum
         except KeyboardInterrupt:
             _error("interrupted")
             code = 130
@@ -76,8 +115,25 @@ class XenrsGroup(click.Group):
             _error(f"internal error: {type(e).__name__}: {e} (this is a bug in xenrs; rerun "
                    "with --traceback or XENRS_TRACEBACK=1 and report the traceback)")
             code = EXIT_INTERNAL
+        finally:
+            _restore_handlers(saved)
         _flush_stdout_quietly()
         sys.exit(code)
+
+
+def _catch_termination() -> dict:
+    saved = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            saved[signum] = signal.signal(signum, _terminate)
+        except ValueError:  # not the main thread (an embedding caller): leave signals alone
+            pass
+    return saved
+
+
+def _restore_handlers(saved: dict) -> None:
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
 
 
 def _one_line(message: str) -> str:

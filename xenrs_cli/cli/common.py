@@ -37,23 +37,50 @@ class GpaType(click.ParamType):
 
 
 class NumberType(click.ParamType):
-    """A non-negative integer: hex or decimal, ``_`` allowed."""
+    """A non-negative integer below ``limit``: hex or decimal, ``_`` allowed."""
 
     name = "N"
+
+    def __init__(self, limit: int = 1 << 64, limit_text: str = "2^64 (a u64)") -> None:
+        self.limit = limit
+        self.limit_text = limit_text
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
         try:
-            return parse_number(value)
+            number = parse_number(value)
         except ValueError:
             self.fail(f"{value!r} is not a non-negative number (0x hex or decimal, '_' allowed)",
                       param, ctx)
+        if number >= self.limit:
+            self.fail(f"{value!r} is too large: it must be below {self.limit_text}", param, ctx)
+        return number
+
+
+class PathType(click.ParamType):
+    """A file name, passed through as typed (``PATH@0xBASE`` and ``-`` included; the dump and
+    output modules say what is wrong with it), whose shell completion completes file names."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def convert(self, value, param, ctx):
+        return value
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="file")]
 
 
 GPA = GpaType()
 GPA_OR_STDIN = GpaType(allow_stdin=True)
 NUMBER = NumberType()
+# A state_entry_time with XEN_RUNSTATE_UPDATE (bit 63) cleared is below 2^63.
+ENTRY_TIME = NumberType(1 << 63, "2^63 (state_entry_time without its flag bit)")
+DUMP = PathType("DUMP")
+FILE = PathType("FILE")
 
 
 def _set_quiet(ctx, param, value):
@@ -73,7 +100,7 @@ def common_options(f: Callable) -> Callable:
             return f(*args, **kwargs)
         return _into_file(output, f, args, kwargs)
 
-    run = click.option("-o", "--output", metavar="FILE", default=None,
+    run = click.option("-o", "--output", type=FILE, default=None,
                        help="Write the results to FILE instead of stdout, atomically: it is "
                             "replaced only if the command succeeds (exit 0 or 1).")(run)
     run = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
@@ -93,7 +120,6 @@ class _Discard(Exception):
 
 def _into_file(path: str, f: Callable, args, kwargs):
     """Run the command with stdout sent to ``path`` through :func:`files.atomic_write`."""
-    from xenrs_cli.errors import UsageError
     from xenrs_cli.files import atomic_write
 
     saved = sys.stdout
@@ -105,8 +131,6 @@ def _into_file(path: str, f: Callable, args, kwargs):
                 raise _Discard(code)
     except _Discard as d:
         return d.code
-    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as e:
-        raise UsageError(f"--output {path}: {e.strerror or e}") from None
     finally:
         sys.stdout = saved
     return code

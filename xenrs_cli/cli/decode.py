@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from xenrs_cli.cli.common import (GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
+from xenrs_cli.cli.common import (DUMP, GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
                                   emit_json, expand_gpas, format_option, resolve_format, warn)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
 
 @click.command()
-@click.argument("dump")
+@click.argument("dump", type=DUMP)
 @click.option("--gpa", "gpas", multiple=True, required=True, type=GPA_OR_STDIN,
               help="Guest-physical address of the area (repeatable; '-' reads GPAs from stdin, "
                    "one per line or JSON Lines with a \"gpa\" field).")

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
-from xenrs_cli.cli.common import (GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
+from xenrs_cli.cli.common import (DUMP, GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
                                   emit_json, expand_gpas, format_option, resolve_format)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
 
 @click.command()
-@click.argument("dump1")
-@click.argument("dump2")
+@click.argument("dump1", type=DUMP)
+@click.argument("dump2", type=DUMP)
 @click.option("--gpa", "gpas", multiple=True, type=GPA_OR_STDIN,
               help="GPA of an area (repeatable; '-' reads GPAs from stdin, one per line or "
                    "JSON Lines with a \"gpa\" field).")

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from xenrs_cli.cli.common import (GPA, NUMBER, CsvEmitter, common_options, dump_format_option,
+from xenrs_cli.cli.common import (DUMP, GPA, NUMBER, CsvEmitter, common_options, dump_format_option,
                                   emit_json, resolve_format, warn)
 from xenrs_cli.errors import UsageError
 from xenrs_cli.layouts import LAYOUTS
@@ -49,7 +49,7 @@ def scenario_options(f: Callable) -> Callable:
                           "keys are 0) [default: 4 s, 0.2 s, 1 s, 0]."),
         click.option("--allow-inconsistent", is_flag=True,
                      help="Accept --entry-time != sum of time[] (KVM refuses it)."),
-        click.option("--from-dump", default=None, metavar="DUMP",
+        click.option("--from-dump", type=DUMP, default=None,
                      help="Take the before-image from DUMP at the GPA."),
         dump_format_option,
         click.option("--transition", default=None, metavar="STATE",
