@@ -19,6 +19,7 @@ import click
 
 from xenrs_cli import __version__
 from xenrs_cli.cli import state
+from xenrs_cli.cli.common import STDIN_MARK
 from xenrs_cli.errors import XenrsError
 
 COMMANDS: dict[str, str] = {
@@ -66,6 +67,12 @@ class XenrsGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `-@0xBASE` (stdin as a raw image at BASE) would parse as an option: mark it with a NUL,
+        # which no real argument can hold, and let common.PathType take the mark off.
+        return super().parse_args(ctx, [STDIN_MARK + a if a.startswith("-@") else a
+                                        for a in args])
 
     def invoke(self, ctx: click.Context):
         try:

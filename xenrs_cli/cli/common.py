@@ -58,6 +58,10 @@ class NumberType(click.ParamType):
         return number
 
 
+# Prefixed by the ``xenrs`` group to ``-@BASE`` so that click takes it for an argument.
+STDIN_MARK = "\0"
+
+
 class PathType(click.ParamType):
     """A file name, passed through as typed (``PATH@0xBASE`` and ``-`` included; the dump and
     output modules say what is wrong with it), whose shell completion completes file names."""
@@ -66,7 +70,7 @@ class PathType(click.ParamType):
         self.name = name
 
     def convert(self, value, param, ctx):
-        return value
+        return value.removeprefix(STDIN_MARK) if isinstance(value, str) else value
 
     def shell_complete(self, ctx, param, incomplete):
         from click.shell_completion import CompletionItem
@@ -234,3 +238,33 @@ def expand_gpas(gpas: tuple) -> list[int]:
         else:
             out.append(g)
     return out
+
+
+# The fields ``decode --strict`` checks: state, the flag, and the sum rule's operands.
+_CHECKED = ("state", "state_entry_time", "time[0]", "time[1]", "time[2]", "time[3]")
+
+
+def unverified(rec, gpa: int) -> bool:
+    """``--strict`` with ``--allow-missing``: a record whose checked fields overlap missing bytes
+    cannot be vouched for, so it is a finding (exit 1), with a warning saying which fields."""
+    missing = [f for f in _CHECKED if f in rec.missing]
+    if missing:
+        warn(f"GPA 0x{gpa:x}: --strict cannot check {', '.join(missing)} (over bytes not "
+             "present in the dump): counted as a finding")
+    return bool(missing)
+
+
+def with_base_hint(e: Exception, dump, spec: str) -> str:
+    """The error, with the hint to give a raw image's base where a GPA lies beyond an image
+    read from base 0: the likely mistake is a missing ``@0xBASE``, not a missing byte."""
+    from xenrs_cli.errors import UnmappedAddressError
+
+    if (isinstance(e, UnmappedAddressError) and dump.format == "raw"
+            and dump.details.get("base") == 0 and "@" not in spec
+            and e.gpa >= dump.details.get("size", 0)):
+        size = dump.details["size"]
+        return str(UnmappedAddressError(
+            e.gpa, e.size, e.status, e.detail,
+            hint=f"this raw image, read from base 0, holds GPAs 0x0-0x{size - 1:x}: if it starts "
+                 f"at a nonzero GPA, give its base as {spec}@0xBASE"))
+    return str(e)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from xenrs_cli.cli.common import (DUMP, GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
-                                  emit_json, expand_gpas, format_option, resolve_format, warn)
+                                  emit_json, expand_gpas, format_option, resolve_format,
+                                  unverified, warn, with_base_hint)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
@@ -19,7 +20,8 @@ from xenrs_cli.layouts import LAYOUTS
               help="64-bit (48 bytes) or compat (44 bytes, 32-bit guest); auto infers it.")
 @format_option()
 @click.option("--strict", is_flag=True,
-              help="Exit 1 if a record is mid-update, inconsistent or has an unknown state.")
+              help="Exit 1 if a record is mid-update, inconsistent or has an unknown state, "
+                   "or (with --allow-missing) cannot be checked for these.")
 @click.option("--allow-missing", is_flag=True,
               help="Decode what is in the dump; fields over missing bytes are null.")
 @click.option("--hex", "show_hex", is_flag=True,
@@ -54,12 +56,12 @@ def decode(dump: str, gpas: tuple, layout: str, fmt: str | None, strict: bool,
             try:
                 rec = decode_at(d.space, gpa, layout, allow_missing)
             except InputError as e:
-                click.echo(f"xenrs: error: {e}", err=True)
+                click.echo(f"xenrs: error: {with_base_hint(e, d, dump)}", err=True)
                 failed = True
                 continue
             if rec.layout_warning:
                 warn(f"GPA 0x{gpa:x}: {rec.layout_warning}")
-            finding |= bool(rec.findings)
+            finding |= bool(rec.findings) or (strict and unverified(rec, gpa))
             out(rec, to_json_dict(rec, dump))
     return 3 if failed else 1 if strict and finding else 0
 
