@@ -203,10 +203,14 @@ class CsvEmitter:
 
 
 def read_stdin_gpas(stream: Iterable[str]) -> Iterator[int]:
-    """GPAs from standard input: one per line, or JSON Lines with a ``gpa`` field (so that
-    ``xenrs scan … | xenrs decode DUMP --gpa -`` works); blank lines and ``#`` comments skipped."""
+    """GPAs from standard input: one per line, JSON Lines with a ``gpa`` field, or CSV with a
+    ``gpa`` column in its header (so that ``xenrs scan … | xenrs decode DUMP --gpa -`` works in
+    every format scan writes); blank lines and ``#`` comments skipped."""
+    import csv
+
     from xenrs_cli.errors import UsageError
 
+    column: int | None = None  # the gpa column, once a CSV header has been seen
     for lineno, line in enumerate(stream, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -217,6 +221,17 @@ def read_stdin_gpas(stream: Iterable[str]) -> Iterator[int]:
             except (ValueError, KeyError, TypeError):
                 raise UsageError(f"--gpa -: line {lineno} of stdin is JSON without a \"gpa\" "
                                  "field") from None
+        elif "," in text:
+            row = next(csv.reader([text]))
+            if column is None:
+                if "gpa" not in row:
+                    raise UsageError(f"--gpa -: line {lineno} of stdin is CSV without a \"gpa\" "
+                                     "column in a header line before it")
+                column = row.index("gpa")
+                continue
+            if column >= len(row):
+                raise UsageError(f"--gpa -: line {lineno} of stdin has no \"gpa\" column")
+            text = row[column]
         try:
             yield parse_gpa(text)
         except ValueError:

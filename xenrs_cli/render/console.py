@@ -7,6 +7,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.table import Table as _RichTable
 
 # A table sent to a pipe or a file is laid out this wide (rich would use 80 and cut columns);
 # COLUMNS overrides it, as it does on a terminal.
@@ -28,3 +29,13 @@ def stdout() -> Console:
 @functools.cache
 def stderr() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+class Table(_RichTable):
+    """rich's table, except that a value too long for its column folds onto the next line
+    instead of being cut with an ellipsis: on an 80-column terminal a GPA or a count is shown
+    whole or not at all. Columns of values that must stay on one line (GPAs, numbers) are made
+    ``no_wrap``: rich then narrows the wrapping columns (notes, titles) first."""
+
+    def add_column(self, *args, overflow="fold", **kwargs) -> None:
+        super().add_column(*args, overflow=overflow, **kwargs)

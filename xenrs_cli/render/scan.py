@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
-from rich.table import Table
 from rich.text import Text
 
-from xenrs_cli.render.console import stderr, stdout
+from xenrs_cli.render.console import Table, stderr, stdout
 
 
 class ProgressBar:
@@ -54,12 +53,20 @@ class ScanTable:
         if not self.rows:
             con.print(Text(f"{self.dump}: no runstate area found", style="yellow"))
             return
+        # An 80-column terminal cannot hold every column whole: the array column goes when no
+        # hit is in an array, columns are one space apart instead of two, and array and notes
+        # wrap; GPAs and numbers never break or get cut.
+        has_array = any(o["array_index"] is not None for o in self.rows)
+        narrow = con.width < 100
         t = Table(title=f"{self.dump}: {len(self.rows)} runstate area(s)", title_justify="left",
-                  header_style="bold", box=None, pad_edge=False)
-        for col, just in (("GPA", "left"), ("layout", "left"), ("state", "left"),
-                          ("entry time", "right"), ("steal", "right"), ("array", "left"),
-                          ("notes", "left")):
-            t.add_column(col, justify=just)
+                  header_style="bold", box=None, pad_edge=False, collapse_padding=narrow)
+        columns = [("GPA", "left"), ("layout", "left"), ("state", "left"),
+                   ("entry time", "right"), ("steal", "right"), ("array", "left"),
+                   ("notes", "left")]
+        for col, just in columns:
+            if col == "array" and not has_array:
+                continue
+            t.add_column(col, justify=just, no_wrap=col not in ("array", "notes"))
         for o in self.rows:
             notes = []
             if o["update_in_progress"]:
@@ -73,6 +80,7 @@ class ScanTable:
                 notes.append(Text(f"or {tw['layout']} at {tw['gpa']}", style="magenta"))
             array = ("" if o["array_index"] is None
                      else f"{o['array_gpa']}[{o['array_index']}/{o['array_len']}]")
-            t.add_row(o["gpa"], o["layout"], o["state"], _ns(o["state_entry_time"]),
-                      _ns(o["steal"]), array, Text(", ").join(notes))
+            cells = [o["gpa"], o["layout"], o["state"], _ns(o["state_entry_time"]),
+                     _ns(o["steal"])] + ([array] if has_array else []) + [Text(", ").join(notes)]
+            t.add_row(*cells)
         con.print(t)
