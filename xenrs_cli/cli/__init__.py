@@ -124,7 +124,8 @@ class XenrsGroup(click.Group):
             code = EXIT_INTERNAL
         finally:
             _restore_handlers(saved)
-        _flush_stdout_quietly()
+        if not _flush_stdout_quietly():
+            code = EXIT_SIGPIPE  # the last of the output met a closed pipe
         sys.exit(code)
 
 
@@ -167,13 +168,16 @@ def _broken_pipe() -> int:
     return EXIT_SIGPIPE
 
 
-def _flush_stdout_quietly() -> None:
+def _flush_stdout_quietly() -> bool:
+    """Flush stdout; ``False`` if its reader had gone away."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _broken_pipe()
+        return False
     except (OSError, ValueError):
         pass
+    return True
 
 
 @click.group(cls=XenrsGroup, context_settings={"help_option_names": ["-h", "--help"]})

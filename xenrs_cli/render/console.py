@@ -20,10 +20,36 @@ def _width() -> int | None:
     return None if sys.stdout.isatty() else PIPE_WIDTH
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own handling exits 1 (a "finding" for xenrs): let the CLI end it as a closed
+        # pipe, 141, as it does for JSON Lines and CSV.
+        self.quiet = True
+        raise BrokenPipeError()
+
+
+class _Stdout:
+    """Whatever ``sys.stdout`` is now (``-o`` swaps it), written in pieces of at most 64 KiB.
+
+    rich writes a whole table in one call; a single large write into a pipe whose reader has
+    gone is cut short by the kernel and CPython's buffered writer reports it as a success, so
+    ``| head`` would exit 0. Pieces no larger than a pipe's buffer get their ``EPIPE``."""
+
+    _PIECE = 1 << 16
+
+    def write(self, text: str) -> int:
+        for i in range(0, len(text), self._PIECE):
+            sys.stdout.write(text[i:i + self._PIECE])
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(sys.stdout, name)
+
+
 @functools.cache
 def stdout() -> Console:
     # rich honours NO_COLOR itself; highlight=False keeps it from colouring numbers at random.
-    return Console(highlight=False, soft_wrap=False, width=_width())
+    return _Console(file=_Stdout(), highlight=False, soft_wrap=False, width=_width())
 
 
 @functools.cache
