@@ -409,7 +409,7 @@ def test_tables_fold_instead_of_cutting():
 
     from xenrs_cli.render.console import Table
 
-    t = Table()
+    t = Table(box=None)
     t.add_column("gpa")
     t.add_row("0xb40fb1234567_0xb40fb1234567")
     con = Console(width=12, record=True, file=open(os.devnull, "w"))
