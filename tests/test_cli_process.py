@@ -278,8 +278,8 @@ def test_sweep_help_lists_only_what_it_accepts():
     r = cli("sweep", "--help")
     assert "--page" in r.stdout and "--from-dump" in r.stdout
     assert not re.search(r"--gpa\b", r.stdout) and "--split" not in r.stdout
-    one_line_error(cli("sweep", "--gpa", "0x1000"), 2, "No such option")
-    one_line_error(cli("sweep", "--split"), 2, "No such option")
+    one_line_error(cli("sweep", "--gpa", "0x1000"), 2, "--gpa does not apply to sweep")
+    one_line_error(cli("sweep", "--split"), 2, "--split does not apply to sweep")
 
 
 def test_sweep_from_dump_reads_the_record_at_page():

@@ -99,7 +99,7 @@ def race(fmt: str | None, reader: str | None, **kw: Any) -> int:
 
 
 @click.command()
-@scenario_options(without=("--gpa", "--split"))
+@scenario_options(hidden=("--gpa", "--split"))
 @click.option("--page", type=GPA, default=0xc0001000, show_default="0xc0001000",
               help="Any GPA in the page to sweep; with --from-dump, the GPA of the record "
                    "before, which every placement starts from.")
@@ -129,7 +129,11 @@ def sweep(fmt: str | None, page: int, reader: str | None, run_all: bool, **kw: A
     if page - page % PAGE_SIZE + PAGE_SIZE >= GPA_LIMIT:
         raise UsageError(f"--page 0x{page:x}: the last page below 2^52 cannot hold the area at "
                          "every offset (it would end beyond 2^52)")
-    # sweep places the area itself; --from-dump reads the record before at --page's GPA
+    for name in ("gpa", "split"):
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            raise UsageError(f"--{name} does not apply to sweep, which places the area at every "
+                             "offset of --page itself")
+    # --from-dump reads the record before at --page's GPA
     kw.update(gpa=page if kw["from_dump"] is not None else None, split=False)
     if run_all:
         fixed = [n for n in ("model", "layout", "update_flag")

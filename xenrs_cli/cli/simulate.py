@@ -21,11 +21,12 @@ CSV_COLUMNS = ("seq", "op", "kind", "group", "gpa", "offset", "len", "page", "da
                "why", "errno")
 
 
-def scenario_options(f: Callable | None = None, *, without: tuple[str, ...] = ()):
+def scenario_options(f: Callable | None = None, *, hidden: tuple[str, ...] = ()):
     """Every option of ``simulate`` that describes the update (reused verbatim by ``race``;
-    ``sweep`` leaves out the ones that place the area, ``without=("--gpa", "--split")``)."""
+    ``sweep`` hides the ones that place the area, ``hidden=("--gpa", "--split")``, from its
+    help, and refuses them with the reason)."""
     if f is None:
-        return lambda g: scenario_options(g, without=without)
+        return lambda g: scenario_options(g, hidden=hidden)
     options = [
         _opt("--model", type=click.Choice(list(MODELS)), default="kvm", show_default=True,
              help="kvm: Linux >= 6.2; kvm-6.1: before 5ec3289b31ab; xen: guest-virtual "
@@ -54,7 +55,7 @@ def scenario_options(f: Callable | None = None, *, without: tuple[str, ...] = ()
              help="Accept --entry-time != sum of time[] (KVM refuses it)."),
         _opt("--from-dump", type=DUMP, default=None,
              help="Take the before-image from DUMP at the GPA."),
-        ("--dump-format", dump_format_option),
+        (None, dump_format_option),
         _opt("--transition", default=None, metavar="STATE",
              help="Derive the values as kvm_xen_update_runstate() accounts a change "
                   "to STATE from the record before (needs --now)."),
@@ -63,14 +64,16 @@ def scenario_options(f: Callable | None = None, *, without: tuple[str, ...] = ()
         _opt("--steal", type=NUMBER, default=None, metavar="NS",
              help="Steal time moved from running to runnable by the --transition."),
     ]
-    for name, option in reversed(options):
-        if name not in without:
-            f = option(f)
+    for decls, attrs in reversed(options):
+        if decls is None:  # a shared decorator
+            f = attrs(f)
+        else:
+            f = click.option(*decls, **attrs, hidden=decls[0] in hidden)(f)
     return f
 
 
-def _opt(*decls: str, **attrs: Any) -> tuple[str, Callable]:
-    return decls[0], click.option(*decls, **attrs)
+def _opt(*decls: str, **attrs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return decls, attrs
 
 
 def _resolve_gpa(gpa: int | None, split: bool, layout: str) -> int:

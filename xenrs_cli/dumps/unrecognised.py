@@ -60,8 +60,9 @@ def refuse(buf) -> None:
 
 
 def _is_text(head: bytes) -> bool:
-    """UTF-8 text without NUL or other control bytes than tab, newline, CR and form feed."""
-    if not head or any(b < 0x20 and b not in b"\t\n\r\f" for b in head):
+    """UTF-8 text in lines, without NUL or other control bytes than tab, newline, CR and form
+    feed (a page of one repeated printable byte is not text: it has no line)."""
+    if b"\n" not in head or any(b < 0x20 and b not in b"\t\n\r\f" for b in head):
         return False
     try:
         head.decode("utf-8")
