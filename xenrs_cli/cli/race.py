@@ -68,7 +68,7 @@ def race(fmt: str | None, reader: str | None, **kw: Any) -> int:
 
     Explores every interleaving the x86-TSO memory model allows between the hypervisor's
     writes (as `xenrs simulate` shows them) and Linux's xen_get_runstate_snapshot_cpu_delta()
-    (the model is in the README, "race: the memory model").
+    (the README's "The model, exactly" spells it out).
     If a torn copy can be accepted, prints a minimal witness. Exit 1 if torn or refused.
 
     \b
