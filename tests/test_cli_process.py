@@ -431,7 +431,8 @@ def test_bare_xenrs_prints_its_help():
 
 
 def test_gpa_stdin_reads_scan_csv_and_json(many):
-    first = [json.loads(x)["gpa"] for x in run("scan", many, "--format", "json").stdout.splitlines()]
+    scanned = run("scan", many, "--format", "json").stdout.splitlines()
+    first = [json.loads(x)["gpa"] for x in scanned]
     for fmt, rows in (("csv", 5), ("json", 6)):  # the CSV's first line is its header
         r = shell(f"$X scan {many} --format {fmt} 2>/dev/null | head -6 | "
                   f"$X decode {many} --gpa - --format json")
@@ -452,3 +453,12 @@ def test_stdin_dump_takes_a_base():
     with open(GUEST, "rb") as f:  # the base is honoured: GPA 0x1ff1 is not in the image now
         r = run("decode", "-@0xc0000000", "--gpa", "0x1ff1", stdin=f)
     assert r.returncode == 3
+
+
+@pytest.mark.parametrize("args", [
+    ["decode", "-@0xc0000000", "--gpa", "-"],
+    ["diff", "-@0xc0000000", GUEST, "--gpa", "-"],
+    ["diff", "-@0x0", "-@0x1000", "--gpa", "0"],
+])
+def test_stdin_with_a_base_is_still_stdin(args):
+    one_line_error(cli(*args, input=b""), 2, "cannot both be '-'")

@@ -4,8 +4,8 @@ Each command lives in its own module and is imported only when it runs, so ``xen
 pays for click, construct and its own code, nothing else. Every :class:`XenrsError` becomes one
 line ``xenrs: error: ...`` on stderr with its exit code; a closed stdout pipe ends quietly
 with 141, as a shell reports a writer killed by SIGPIPE; SIGTERM and SIGHUP unwind (so that no
-temporary output file is left) and exit 128 + the signal; anything else is an internal error (exit 70) whose traceback ``--traceback`` or
-``XENRS_TRACEBACK=1`` shows.
+temporary output file is left) and exit 128 + the signal; anything else is an internal error
+(exit 70) whose traceback ``--traceback`` or ``XENRS_TRACEBACK=1`` shows.
 """
 
 from __future__ import annotations

@@ -78,6 +78,11 @@ class PathType(click.ParamType):
         return [CompletionItem(incomplete, type="file")]
 
 
+def is_stdin(dump: str) -> bool:
+    """``-`` or ``-@0xBASE``: the dump is standard input."""
+    return dump == "-" or dump.startswith("-@")
+
+
 GPA = GpaType()
 GPA_OR_STDIN = GpaType(allow_stdin=True)
 NUMBER = NumberType()

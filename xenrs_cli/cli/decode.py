@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from xenrs_cli.cli.common import (DUMP, GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
-                                  emit_json, expand_gpas, format_option, resolve_format,
-                                  unverified, warn, with_base_hint)
+from xenrs_cli.cli.common import (DUMP, GPA_OR_STDIN, CsvEmitter, common_options,
+                                  dump_format_option, emit_json, expand_gpas, format_option,
+                                  is_stdin, resolve_format, unverified, warn,
+                                  with_base_hint)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
@@ -15,7 +16,7 @@ from xenrs_cli.layouts import LAYOUTS
 @click.argument("dump", type=DUMP)
 @click.option("--gpa", "gpas", multiple=True, required=True, type=GPA_OR_STDIN,
               help="Guest-physical address of the area (repeatable; '-' reads GPAs from stdin, "
-                   "one per line or JSON Lines with a \"gpa\" field).")
+                   "one per line, or JSON Lines or CSV with a \"gpa\" field).")
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True,
               help="64-bit (48 bytes) or compat (44 bytes, 32-bit guest); auto infers it.")
 @format_option()
@@ -44,7 +45,7 @@ def decode(dump: str, gpas: tuple, layout: str, fmt: str | None, strict: bool,
     from xenrs_cli.decode import decode_at, to_json_dict
     from xenrs_cli.dumps import open_dump
 
-    if "-" in gpas and dump == "-":
+    if "-" in gpas and is_stdin(dump):
         raise UsageError("DUMP and --gpa cannot both be '-' (stdin)")
     fmt = "table" if show_hex and fmt is None else resolve_format(fmt)
     if show_hex and fmt != "table":

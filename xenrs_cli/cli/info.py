@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from xenrs_cli.cli.common import (DUMP, common_options, dump_format_option, emit_json, format_option,
-                                  resolve_format)
+from xenrs_cli.cli.common import (DUMP, common_options, dump_format_option, emit_json,
+                                  format_option, resolve_format)
 
 
 @click.command()
