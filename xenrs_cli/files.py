@@ -32,6 +32,8 @@ SPOOL_LIMIT = 1 << 52
 _CHUNK = 1 << 20
 # Errors that mean "the file system (or a limit on file sizes) has no room for more".
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Temporary output files of atomic_write, by path, until renamed or removed.
+TEMPORARIES: set[str] = set()
 
 
 @dataclass
@@ -158,7 +160,7 @@ def _copy(name: str, src: BinaryIO, tmp: BinaryIO) -> int:
     progress = sys.stderr.isatty()
     size = 0
     shown = 0
-    while chunk := src.read(_CHUNK):
+    for chunk in _chunks(src):
         tmp.write(chunk)
         size += len(chunk)
         if size > SPOOL_LIMIT:
@@ -172,6 +174,28 @@ def _copy(name: str, src: BinaryIO, tmp: BinaryIO) -> int:
     if shown:
         sys.stderr.write("\n")
     return size
+
+
+def _chunks(src: BinaryIO) -> Iterator[bytes]:
+    """The pipe's bytes as they come. A pipe with a descriptor is waited on with a timeout, not
+    in a blocking read: a SIGTERM that the kernel hands to another thread (numpy's) does not
+    interrupt this thread's read, and Python runs the handler only when this thread runs."""
+    import select
+
+    try:
+        fd = src.fileno()
+    except (OSError, ValueError, AttributeError):  # an in-memory stream (tests, embedding)
+        while chunk := src.read(_CHUNK):
+            yield chunk
+        return
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.25)
+        if not ready:
+            continue
+        chunk = os.read(fd, _CHUNK)
+        if not chunk:
+            return
+        yield chunk
 
 
 class OutputFileError(UsageError):
@@ -223,13 +247,28 @@ def _guarded(path: str, opener) -> Iterator:
 
 def _atomic(path: str, target: str, mode: str) -> Iterator:
     import shutil
-    import tempfile
 
+    # The name is registered (for remove_temporaries) before the file exists, so that a signal
+    # arriving just after it is created cannot leave it behind. (Blocking signals around
+    # ``mkstemp`` instead would send a SIGTERM to another thread, numpy's, and leave the main
+    # thread asleep in a read.)
+    import secrets
+
+    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".xenrs-", dir=os.path.dirname(target))
-    except OSError as e:
-        raise OutputFileError(path, e) from None
-    try:
+        while True:
+            tmp = os.path.join(os.path.dirname(target), f".xenrs-{secrets.token_hex(8)}")
+            TEMPORARIES.add(tmp)
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                break
+            except FileExistsError:  # someone else's: not ours to remove
+                TEMPORARIES.discard(tmp)
+                tmp = None
+            except OSError as e:
+                TEMPORARIES.discard(tmp)
+                tmp = None
+                raise OutputFileError(path, e) from None
         with _guarded(path, lambda: os.fdopen(fd, mode)) as f:
             yield _Guard(path, f)
         try:
@@ -243,9 +282,21 @@ def _atomic(path: str, target: str, mode: str) -> Iterator:
         except OSError as e:
             raise OutputFileError(path, e) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
+    finally:
+        TEMPORARIES.discard(tmp)
+
+
+def remove_temporaries() -> None:
+    """Remove the temporary output files not renamed yet: what a SIGTERM handler calls before
+    the process exits at once (an exception raised from a handler can be swallowed by C code
+    that clears errors, numpy's import for one, so the handler does not rely on unwinding)."""
+    for tmp in list(TEMPORARIES):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 class _Guard:

@@ -3,8 +3,8 @@
 Each command lives in its own module and is imported only when it runs, so ``xenrs decode``
 pays for click, construct and its own code, nothing else. Every :class:`XenrsError` becomes one
 line ``xenrs: error: ...`` on stderr with its exit code; a closed stdout pipe ends quietly
-with 141, as a shell reports a writer killed by SIGPIPE; SIGTERM and SIGHUP unwind (so that no
-temporary output file is left) and exit 128 + the signal; anything else is an internal error
+with 141, as a shell reports a writer killed by SIGPIPE; SIGTERM and SIGHUP remove the
+temporary output file and exit 128 + the signal; anything else is an internal error
 (exit 70) whose traceback ``--traceback`` or ``XENRS_TRACEBACK=1`` shows.
 """
 
@@ -21,6 +21,7 @@ from xenrs_cli import __version__
 from xenrs_cli.cli import state
 from xenrs_cli.cli.common import STDIN_MARK
 from xenrs_cli.errors import XenrsError
+from xenrs_cli.files import remove_temporaries
 
 COMMANDS: dict[str, str] = {
     "decode": "xenrs_cli.cli.decode:decode",
@@ -42,17 +43,12 @@ class _PipeClosed(Exception):
     exit 1 before this group could see it, so :meth:`XenrsGroup.invoke` re-raises it as this."""
 
 
-class _Terminated(BaseException):
-    """SIGTERM or SIGHUP: a ``BaseException`` so that every ``finally`` and ``except
-    BaseException`` on the way out runs (``files.atomic_write`` removes its temporary file)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _terminate(signum, frame) -> None:
-    raise _Terminated(signum)
+    """SIGTERM or SIGHUP: remove the temporary output file and stop now, with the status a
+    shell gives a process killed by the signal. Not by raising an exception to unwind: C code
+    that clears errors (numpy's import) can swallow it, and the process would run on."""
+    remove_temporaries()
+    os._exit(128 + signum)
 
 
 class XenrsGroup(click.Group):
@@ -111,8 +107,6 @@ class XenrsGroup(click.Group):
             code = e.exit_code
         except (BrokenPipeError, _PipeClosed):
             code = _broken_pipe()
-        except _Terminated as e:
-            code = 128 + e.signum
         except KeyboardInterrupt:
             _error("interrupted")
             code = 130

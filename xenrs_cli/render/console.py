@@ -29,13 +29,15 @@ class _Console(Console):
 
 
 class _Stdout:
-    """Whatever ``sys.stdout`` is now (``-o`` swaps it), written in pieces of at most 64 KiB.
+    """Whatever ``sys.stdout`` is now (``-o`` swaps it), written in pieces no larger than its
+    buffer (8 KiB: 2,048 characters of up to 4 bytes).
 
-    rich writes a whole table in one call; a single large write into a pipe whose reader has
-    gone is cut short by the kernel and CPython's buffered writer reports it as a success, so
-    ``| head`` would exit 0. Pieces no larger than a pipe's buffer get their ``EPIPE``."""
+    rich writes a whole table in one call. When the reader of a pipe goes away in the middle of
+    a write larger than the buffer, the kernel cuts the write short and CPython's buffered
+    writer drops the rest without an error, so ``| head`` would see exit 0. Pieces that fit the
+    buffer are flushed by the buffer's own loop, which does see the ``EPIPE``."""
 
-    _PIECE = 1 << 16
+    _PIECE = 2048
 
     def write(self, text: str) -> int:
         for i in range(0, len(text), self._PIECE):
