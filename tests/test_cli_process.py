@@ -177,9 +177,11 @@ def _private_mount(script: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, env=env)
 
 
-def test_spool_stops_with_a_clear_error_when_the_disk_fills():
-    r = _private_mount('mount -t tmpfs -o size=2m none "$M" || exit 99; '
-                       'head -c 8000000 /dev/urandom | TMPDIR="$M" $X decode - --gpa 0')
+def test_spool_stops_with_a_clear_error_when_a_write_fails():
+    # a file size limit (ulimit -f, in KiB) is what makes the write itself fail
+    r = _private_mount('mount -t tmpfs -o size=64m none "$M" || exit 99; trap "" XFSZ; '
+                       'head -c 8000000 /dev/urandom | (ulimit -f 2048; '
+                       'TMPDIR="$M" $X decode - --gpa 0)')
     if r.returncode == 99:
         pytest.skip("cannot mount a tmpfs")
     assert r.returncode == 3, r
@@ -462,3 +464,18 @@ def test_stdin_dump_takes_a_base():
 ])
 def test_stdin_with_a_base_is_still_stdin(args):
     one_line_error(cli(*args, input=b""), 2, "cannot both be '-'")
+
+
+def test_spool_leaves_room_on_the_file_system():
+    # 20 MiB tmpfs, 5 % reserved: a 30 MiB pipe stops while 1 MiB is still free
+    r = _private_mount('mount -t tmpfs -o size=20m none "$M" || exit 99; '
+                       'head -c 30000000 /dev/urandom | TMPDIR="$M" $X decode - --gpa 0; '
+                       'echo "rc=$?"; df -k "$M" | tail -1')
+    if r.returncode == 99 or "rc=" not in r.stdout:
+        pytest.skip("cannot mount a tmpfs")
+    assert "rc=3" in r.stdout, r
+    assert r.stderr.splitlines() == [
+        "xenrs: error: <stdin>: spooling the pipe would fill the temporary directory /mnt (5 % "
+        "of it, at most 1 GiB, is left free): save the dump to a file and give its path, or "
+        "set TMPDIR to a larger file system"]
+    assert int(r.stdout.split()[-4]) == 0  # used: the unlinked spool went with the process

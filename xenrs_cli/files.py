@@ -3,9 +3,9 @@
 Dumps are mapped read-only (``mmap.ACCESS_READ``) and never read whole: a 64 GiB sparse image
 costs what a 64 MiB one does. A block device is mapped as a file is. A pipe (standard input, a
 FIFO) is spooled to an anonymous temporary file, with a progress line on a terminal, and mapped
-from there; the spool stops with a clear error when the temporary directory fills up. Character
-devices (``/dev/zero``, ``/dev/mem``, a terminal) and files without a size (``/proc``) are
-refused: they are not dumps, and ``/dev/zero`` would be spooled forever.
+from there; the spool stops with a clear error before the temporary directory fills up.
+Character devices (``/dev/zero``, ``/dev/mem``, a terminal) and files without a size
+(``/proc``) are refused: they are not dumps, and ``/dev/zero`` would be spooled forever.
 
 Output files are written to a temporary file in the same directory and renamed on success only
 (``click.File(atomic=True)`` renames even on failure, so it is not used). A symlink is followed
@@ -161,6 +161,7 @@ def _copy(name: str, src: BinaryIO, tmp: BinaryIO) -> int:
     size = 0
     shown = 0
     for chunk in _chunks(src):
+        _check_room(name, tmp)  # one fstatvfs per MiB
         tmp.write(chunk)
         size += len(chunk)
         if size > SPOOL_LIMIT:
@@ -174,6 +175,20 @@ def _copy(name: str, src: BinaryIO, tmp: BinaryIO) -> int:
     if shown:
         sys.stderr.write("\n")
     return size
+
+
+def _check_room(name: str, tmp: BinaryIO) -> None:
+    """Stop before the temporary directory's file system is full: keep 5 % of it (at most
+    1 GiB) free for everything else on the machine."""
+    import tempfile
+
+    st = os.fstatvfs(tmp.fileno())
+    reserve = min(1 << 30, st.f_blocks * st.f_frsize // 20)
+    if st.f_bavail * st.f_frsize - _CHUNK < reserve:
+        raise DumpFileError(name, f"spooling the pipe would fill the temporary directory "
+                                  f"{tempfile.gettempdir()} (5 % of it, at most 1 GiB, is left "
+                                  "free): save the dump to a file and give its path, or set "
+                                  "TMPDIR to a larger file system")
 
 
 def _chunks(src: BinaryIO) -> Iterator[bytes]:
