@@ -270,3 +270,102 @@ def runstate64(state: int, entry: int, times: tuple[int, int, int, int], padding
 def runstate_compat(state: int, entry: int, times: tuple[int, int, int, int]) -> bytes:
     """The packed 32-bit-guest layout (44 bytes)."""
     return struct.pack("<iQ4Q", state, entry, *times)
+
+
+# ---------------------------------------------------------------------------------------------
+# Xen xl dump-core (docs/misc/dump-core-format.txt; tools/libs/guest/xg_core.c, xg_core.h)
+
+XC_INVALID = (1 << 64) - 1
+
+
+@dataclass
+class XenVcpu:
+    """The fields of one vcpu_guest_context the tests look at."""
+
+    ctrlreg: tuple[int, ...] = (0x80050033, 0, 0, 0, 0x50660, 0, 0, 0)
+    rip: int = 0
+    flags: int = 0x20  # VGCF_online
+    cs: int = 0xE033
+
+
+def vcpu_context64(v: XenVcpu) -> bytes:
+    """xen-x86_64.h vcpu_guest_context (5168 bytes): fpu_ctxt[512], flags @512, user_regs @520
+    (rip @+128, cs @+136, rflags @+144), trap_ctxt[256]×16 @720, ..., ctrlreg[8] @4984."""
+    b = bytearray(5168)
+    struct.pack_into("<Q", b, 512, v.flags)
+    struct.pack_into("<QHxxxxxxQ", b, 648, v.rip, v.cs, 0x246)
+    struct.pack_into("<8Q", b, 4984, *v.ctrlreg)
+    return bytes(b)
+
+
+def vcpu_context32(v: XenVcpu) -> bytes:
+    """xen-x86_32.h vcpu_guest_context (2800 bytes): flags @512, user_regs @516 (eip @+32,
+    cs @+36, eflags @+40), trap_ctxt[256]×8 @584, ..., ctrlreg[8] @2716; padded to 5168 as
+    vcpu_guest_context_any_t is."""
+    b = bytearray(5168)
+    struct.pack_into("<I", b, 512, v.flags)
+    struct.pack_into("<IHxxI", b, 548, v.rip, v.cs, 0x246)
+    struct.pack_into("<8I", b, 2716, *v.ctrlreg)
+    return bytes(b)
+
+
+def xen_core_file(entries: list[tuple[int, int, bytes]], vcpus: list[XenVcpu], *, hvm: bool = False,
+                  guest32: bool = False, seed: int | None = None, page: int = PAGE,
+                  magic: int | None = None) -> bytes:
+    """An xl dump-core file with ``entries`` = (pfn, gmfn, page bytes) in that order (``seed``
+    shuffles them first; pfn ``XC_INVALID`` makes a padding entry). PV files get ``.xen_p2m``,
+    HVM ``.xen_pfn``; the layout is xc_domain_dumpcore_via_callback()'s: ehdr, section
+    headers, notes, prstatus, shared_info, zero padding to a page, pages, table, strtab."""
+    entries = list(entries)
+    if seed is not None:
+        random.Random(seed).shuffle(entries)
+    names = [b".shstrtab", b".note.Xen", b".xen_prstatus", b".xen_shared_info", b".xen_pages",
+             b".xen_pfn" if hvm else b".xen_p2m"]
+    strtab = b"\0" + b"".join(n + b"\0" for n in names)
+    name_at = {n: strtab.index(b"\0" + n + b"\0") + 1 for n in names}
+
+    def note(t: int, desc: bytes) -> bytes:
+        return struct.pack("<III", 4, len(desc), t) + b"Xen\0" + desc
+
+    version = bytearray(1280)
+    struct.pack_into("<QQ", version, 0, 4, 17)
+    version[16:22] = b".7-xen"
+    version[176:190] = b"xen-3.0-x86_64"
+    struct.pack_into("<QQ", version, 1264, 0xFFFF800000000000, page)
+    if guest32:  # elfnote_dump_xen_version(): pagesize moved 4 bytes down
+        version[1268:1276] = version[1272:1280]
+        version[1276:1280] = bytes(4)
+    notes = (note(0x2000000, b"")
+             + note(0x2000001, struct.pack("<QQQQ", magic or (0xF00FEBEE if hvm else 0xF00FEBED),
+                                           len(vcpus), len(entries), page))
+             + note(0x2000002, bytes(version)) + note(0x2000003, struct.pack("<Q", 1)))
+    ctx = b"".join((vcpu_context32 if guest32 else vcpu_context64)(v) for v in vcpus)
+    shinfo = bytes(page)
+    shoff, nsec = 64, len(names) + 1
+    notes_at = shoff + nsec * 64
+    prs_at = notes_at + len(notes)
+    shinfo_at = prs_at + len(ctx)
+    pages_at = -(-(shinfo_at + len(shinfo)) // page) * page
+    table = b"".join(struct.pack("<Q", p) if hvm else struct.pack("<QQ", p, m)
+                     for p, m, _ in entries)
+    table_at = pages_at + len(entries) * page
+    strtab_at = table_at + len(table)
+
+    def shdr(name: bytes | None, t: int, off: int, size: int, align: int, ent: int) -> bytes:
+        return struct.pack("<IIQQQQIIQQ", name_at[name] if name else 0, t, 0, 0, off, size, 0,
+                           0, align, ent)
+
+    sh = (shdr(None, 0, 0, 0, 0, 0) + shdr(b".shstrtab", 3, strtab_at, len(strtab), 0, 0)
+          + shdr(b".note.Xen", 7, notes_at, len(notes), 0, 0)
+          + shdr(b".xen_prstatus", 1, prs_at, len(ctx), 8, 5168)
+          + shdr(b".xen_shared_info", 1, shinfo_at, page, 8, page)
+          + shdr(b".xen_pages", 1, pages_at, len(entries) * page, page, page)
+          + shdr(names[-1], 1, table_at, len(table), 8, 8 if hvm else 16))
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0, 1]) + bytes(7)
+    eh = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 0, shoff, 0, 64, 56, 0, 64, nsec, 1)
+    out = bytearray(eh + sh + notes + ctx + shinfo)
+    out += bytes(pages_at - len(out))
+    for _, _, data in entries:
+        assert len(data) == page
+        out += data
+    return bytes(out + table + strtab)

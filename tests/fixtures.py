@@ -60,3 +60,13 @@ def cases(e: dict) -> list[dict]:
 
 def absent_probes(e: dict) -> list[dict]:
     return manifest()["guests"][e["guest"]]["absent"]
+
+
+def accounting_of(case: dict) -> str:
+    """SPEC §7's accounting of a planted record, from the manifest's values (not xenrs's code):
+    exact when the times sum to the entry time (mod 2^64), offset when each time and their sum
+    are below it, else broken."""
+    entry, times = case["state_entry_time"], case["time"]
+    if sum(times) % 2**64 == entry:
+        return "exact"
+    return "offset" if sum(times) < entry and max(times) <= entry else "broken"

@@ -20,6 +20,7 @@ import json
 import lzma
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -136,3 +137,29 @@ def true_gpas(point: str) -> set[int]:
     t = truth(point)
     return ({int(a["gpa"], 16) for a in t["true_areas"]}
             | {int(c["maddr"], 16) for c in t["xen_internal_copies"]})
+
+
+NAMES = (*ELF.values(), *FLAT.values(), PLAIN, *AREAS_RAW.values())
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/realxen.py DIR``: decompress every real dump (once, into the cache) and
+    link it into DIR under its own name, as the README's examples expect (``realxen/p1.elf``)."""
+    if len(argv) != 1:
+        print("usage: python tests/realxen.py DIR", file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    out.mkdir(parents=True, exist_ok=True)
+    for name in NAMES:
+        link = out / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(path(name))
+        print(link)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -50,7 +50,8 @@ def test_decode_json_record(runner, img):
         "update_in_progress": False,
         "time": {"running": 4000000000, "runnable": 200000000, "blocked": 1000000000,
                  "offline": 0},
-        "time_sum": 5200000000, "consistent": True, "steal": 200000000, "padding": "00000000",
+        "time_sum": 5200000000, "unaccounted": 0, "accounting": "exact", "consistent": True,
+        "steal": 200000000, "padding": "00000000",
         "crosses_page": True, "split_at": 15, "flag_byte_gpa": "0x2000",
         "pieces": [{"gpa": "0x1ff1", "offset": 0, "len": 15, "file_offset": 0x1ff1,
                     "status": "present"},
@@ -230,16 +231,25 @@ def test_output_file_kept_on_a_finding_and_bad_directory_is_a_usage_error(runner
     one_line_error(r, 2, "--output")
 
 
-@pytest.mark.parametrize("entry,needle", [
-    (10 + 5_000, "5000 ns behind state_entry_time (on Xen proper"),  # Xen: entry - creation
-    (10 - 3, "3 ns ahead of state_entry_time"),
+@pytest.mark.parametrize("entry,hypervisor,accounting,consistent,needle", [
+    # Xen: the sum trails the entry time by the vCPU's creation time (vcpu_create()).
+    (10 + 5_000, "any", "offset", True, "5000 ns (0.000 s) ahead of sum(time[]): the vCPU's "
+                                        "creation time in Xen system time"),
+    (10 + 5_000, "xen", "offset", True, "as Xen writes it"),
+    (10 + 5_000, "kvm", "offset", False, "which KVM never writes (--hypervisor kvm)"),
+    (10 - 3, "any", "broken", False, "sum(time[]) is 3 ns (0.000 s) ahead of state_entry_time"),
 ])
-def test_sum_rule_warning_says_which_way(runner, tmp_path, entry, needle):
+def test_accounting_warning_says_which_way(runner, tmp_path, entry, hypervisor, accounting,
+                                           consistent, needle):
     data = bytearray(4096)
     data[0:48] = struct.pack("<i4sQ4Q", 1, b"\0" * 4, entry, 4, 3, 2, 1)  # times sum to 10
     p = tmp_path / "xen.raw"
     p.write_bytes(bytes(data))
-    r = run(runner, "decode", p, "--gpa", "0", "--layout", "64", "--format", "json")
+    r = run(runner, "decode", p, "--gpa", "0", "--layout", "64", "--format", "json",
+            "--hypervisor", hypervisor, "--strict")
     obj = json.loads(r.stdout)
-    assert obj["consistent"] is False and obj["time_sum"] == 10
+    assert obj["accounting"] == accounting and obj["unaccounted"] == entry - 10
+    assert obj["consistent"] is consistent and obj["time_sum"] == 10
     assert any(needle in w for w in obj["warnings"]), obj["warnings"]
+    # --strict: exit 1 only for what the chosen hypervisor cannot leave
+    assert r.exit_code == (0 if consistent else 1)

@@ -9,7 +9,7 @@ import lzma
 
 import pytest
 
-from dumpwriter import Kdump, Load, elf_core, flatten, kdump_file
+from dumpwriter import Kdump, Load, XenVcpu, elf_core, flatten, kdump_file, xen_core_file
 from clitools import cli
 from xenrs_cli.dumps import FORMATS, SNIFF_ORDER, detect, open_dump
 
@@ -36,7 +36,9 @@ SAMPLES = {
 
 
 def test_registered_formats():
-    assert set(FORMATS) == {"raw", "elf", "kdump"} and SNIFF_ORDER == ("elf", "kdump")
+    assert {"raw", "elf", "kdump", "xen-core"} <= set(FORMATS) and "raw" not in SNIFF_ORDER
+    # an xl dump-core is an ELF core: it must be recognised before the ELF reader takes it
+    assert SNIFF_ORDER.index("xen-core") < SNIFF_ORDER.index("elf")
 
 
 @pytest.mark.parametrize("fmt", list(SAMPLES))
@@ -85,6 +87,10 @@ FOREIGN = [
      "virsh dump --memory-only --format elf"),
     (b"PAGEDU64" + bytes(100), "a Windows crash dump (QEMU win-dmp)", "dump-guest-memory"),
     (b"DISKDUMP" + bytes(100), "an old-style diskdump file", "open it with crash"),
+    (bytes.fromhex("d2bed2be") + bytes(100), "a VMware checkpoint state file (.vmss/.vmsn)",
+     "vmss2core -N6"),
+    (bytes.fromhex("d1bad1ba") + bytes(100), "a VMware checkpoint state file", "vmss2core"),
+    (b"\x28\xb5\x2f\xfd" + bytes(100), "zstd-compressed", "zstd -d FILE"),
     (gzip.compress(b"x" * 100), "gzip-compressed", "gzip -dk FILE"),
     (lzma.compress(b"x" * 100), "xz-compressed", "xz -dk FILE"),
 ]
@@ -101,12 +107,16 @@ def test_foreign_inputs_are_named(tmp_path, data, what, todo):
 
 def test_xen_dump_core_is_named(tmp_path):
     p = tmp_path / "xl.core"
+    p.write_bytes(xen_core_file([(0, 0x1000, bytes(PAGE))], [XenVcpu()]))
+    assert json.loads(cli("info", p, "--format", "json").stdout)["format"] == "xen-core"
+    msg = error_line(cli("info", p, "--dump-format", "elf"))
+    assert msg.startswith("xenrs: error: this is a Xen xl dump-core file")
+    assert "--dump-format xen-core" in msg
+    # section names alone route an ELF to the xen-core reader, which names what is wrong
     p.write_bytes(elf_core([Load(0, bytes(PAGE))],
                            sections=[b".shstrtab", b".note.Xen", b".xen_prstatus", b".xen_pages",
                                      b".xen_p2m"], qemu_layout=False))
-    msg = error_line(cli("info", p))
-    assert msg.startswith("xenrs: error: this is a Xen xl dump-core file")
-    assert "virsh dump --memory-only --format elf" in msg
+    assert ".note.Xen" in error_line(cli("info", p))
     # HVM dump-core uses .xen_pfn instead of .xen_p2m
     p.write_bytes(elf_core([Load(0, bytes(PAGE))], sections=[b".shstrtab", b".xen_pfn"]))
     assert "xl dump-core" in error_line(cli("info", p))

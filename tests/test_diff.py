@@ -177,7 +177,8 @@ def test_diff_scan(d1, tmp_path):
     scan = run("scan", d1, "--layout", "64", "--format", "json", "-q")
     assert set(recs) == {json.loads(line)["gpa"] for line in scan.stdout.splitlines()}
     assert "time_went_backwards" in recs["0x6036a8"]["verdicts"]
-    assert recs["0x724588"]["verdicts"] == ["state_unchanged"]
+    assert recs["0x702a28"]["verdicts"] == ["state_unchanged"]  # offline_state64
+    assert "0x724588" not in recs  # padding_set64: no hypervisor leaves 0xcafef00d there
 
 
 def test_usage_errors(d1):
@@ -226,3 +227,37 @@ def test_compare_properties(s1, t1, f1, s2, t2, f2):
     assert set(d.verdicts) <= set(VERDICTS)
     assert list(d.verdicts) == [v for v in VERDICTS if v in d.verdicts]
     assert set(d.regressions) == set(d.verdicts) & REGRESSIONS
+
+
+def test_accounting_drift(d1, tmp_path):
+    # offline_state64 blocked for 2.5 s more, but the entry time moved 1 ms further than the
+    # times: unaccounted changed, which no hypervisor update does (the area was rewritten).
+    before = info_of("offline_state64")
+    t = list(before.time)
+    t[2] += 2_500_000_000
+    d2 = patched(tmp_path, d1, "drift.raw", offline_state64=RunstateInfo(
+        2, before.state_entry_time + 2_501_000_000, tuple(t), before.padding))
+    r = run("diff", d1, d2, "--gpa", hex(gpa_of("offline_state64")), "--format", "json",
+            "--strict")
+    (rec,) = records(r)
+    assert rec["verdicts"] == ["accounting_drift"] and rec["regression"] is True
+    assert rec["after"]["unaccounted"] - rec["before"]["unaccounted"] == 1_000_000
+    assert r.exit_code == 1
+    assert "accounting_drift" in VERDICTS and "accounting_drift" in REGRESSIONS
+
+
+def test_offset_record_is_consistent_for_xen_not_for_kvm(d1):
+    # the fixture's inconsistent_compat_entry_ahead: entry = sum + 12,345,678 ns, Xen's offset
+    gpa = hex(gpa_of("inconsistent_compat_entry_ahead"))
+    for hypervisor, consistent, code in (("any", True, 0), ("xen", True, 0), ("kvm", False, 1)):
+        r = run("diff", d1, d1, "--gpa", gpa, "--format", "json", "--strict",
+                "--hypervisor", hypervisor)
+        (rec,) = records(r)
+        assert rec["before"]["accounting"] == "offset"
+        assert rec["before"]["unaccounted"] == 12_345_678
+        assert rec["before"]["consistent"] is consistent
+        assert ("inconsistent" in rec["verdicts"]) is not consistent
+        assert r.exit_code == code
+        d = run("decode", d1, "--gpa", gpa, "--strict", "--hypervisor", hypervisor,
+                "--format", "json")
+        assert d.exit_code == code and json.loads(d.stdout)["consistent"] is consistent

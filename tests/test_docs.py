@@ -56,8 +56,9 @@ def test_decode_record_example_is_real_output(monkeypatch):
 # --- every example, run as a user runs it ------------------------------------------------------
 #
 # A console block (lines starting with "$ ") is run in bash from a directory laid out like the
-# repository root after the README's setup line: examples/, tests/ and benchmarks/ as they are,
-# and the QEMU dumps of tests/data decompressed under their bare names (d1.q72.elf, …). stdout
+# repository root after the README's setup lines: examples/, tests/ and benchmarks/ as they are,
+# the QEMU dumps of tests/data decompressed under their bare names (d1.q72.elf, …) and the real
+# Xen dumps linked by tests/realxen.py. stdout
 # and stderr go to one pipe, as a terminal shows them, and the output must be what the README
 # shows under the command: "# " lines are comments, a line "…" stands for any number of lines,
 # scan's "in 0.08 s" timing is not compared. A command exits 0 unless the README follows it with
@@ -68,7 +69,8 @@ def test_decode_record_example_is_real_output(monkeypatch):
 
 QEMU_DUMP = re.compile(r"\b(d[12]\.q\w+\.[a-z0-9-]+(?:\.[a-z0-9-]+)?)")
 SYNOPSIS = re.compile(r"^xenrs \w+ .*(\[|\bDUMP\b|\bGPA\b)")
-NOT_RUN = ("pip ", "python3 -m venv", "python benchmarks/", "eval ", "_XENRS_COMPLETE=")
+NOT_RUN = ("pip ", "python3 -m venv", "python benchmarks/", "eval ", "_XENRS_COMPLETE=",
+           "python tests/realxen.py")
 STATUS = re.compile(r"^echo (\$\?|\$\{PIPESTATUS\[\d\]\})$")
 TIMING = re.compile(r" in \d+\.\d\d s:")
 SETUP = 'for f in tests/data/d[12].*.xz; do xz -dc "$f" > "$(basename "$f" .xz)"; done'
@@ -137,15 +139,37 @@ def test_readme_has_its_setup_line():
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> pathlib.Path:
+    """The repository root as the README's setup lines leave it: the QEMU dumps decompressed
+    under their bare names, the real Xen dumps linked as ``realxen/NAME`` and as
+    ``tests/data/realxen/NAME`` (``python tests/realxen.py DIR``), everything else as it is."""
+    import contextlib
+    import io
+
+    import realxen
     from fixtures import fixture_path
 
     w = tmp_path_factory.mktemp("readme")
-    for sub in ("examples", "tests", "benchmarks"):
+    for sub in ("examples", "benchmarks"):
         (w / sub).symlink_to(ROOT / sub)
+    _mirror(ROOT / "tests", w / "tests")
     for name in sorted(set(QEMU_DUMP.findall(README))):
         if not name.endswith(".xz"):
             (w / name).symlink_to(fixture_path(name))
+    with contextlib.redirect_stdout(io.StringIO()):
+        for d in ("realxen", "tests/data/realxen"):
+            if re.search(rf"(^|[\s'\"]){re.escape(d)}/", README):
+                realxen.main([str(w / d)])
     return w
+
+
+def _mirror(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """``dst`` as a tree of directories whose files link to ``src``'s (so links can be added)."""
+    dst.mkdir()
+    for entry in src.iterdir():
+        if entry.is_dir() and entry.name != "__pycache__":
+            _mirror(entry, dst / entry.name)
+        elif entry.is_file():
+            (dst / entry.name).symlink_to(entry)
 
 
 def _bash(w: pathlib.Path, script: str) -> str:

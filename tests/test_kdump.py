@@ -71,7 +71,7 @@ def check_sample(d, k: Kdump) -> None:
         else:
             assert status is Status.ABSENT, hex(pfn)
     dec = decode_at(space, 0x12000 - 15, "auto")
-    assert dec.raw == REC and dec.layout.name == "64" and dec.info.consistent
+    assert dec.raw == REC and dec.layout.name == "64" and dec.info.exact
 
 
 @pytest.mark.parametrize("codec", [None, "zlib",

@@ -63,7 +63,7 @@ def test_golden_decode_and_round_trip(name, layout, data, want):
     assert info.update_in_progress is want["flag"]
     assert info.time == (0x1000, 0x200, 0x30, 0x4)
     assert info.time_sum == 0x1234
-    assert info.consistent is want["consistent"]
+    assert info.exact is want["consistent"]
     assert info.padding == want["padding"]
     assert info.steal == want["steal"]
     assert encode(layout, info) == data
@@ -90,7 +90,7 @@ def test_sum_wraps_modulo_2_64():
     # KVM's RUNSTATE_DATA check is u64 arithmetic: a sum that wraps still "adds up".
     big = (1 << 64) - 1
     info = RunstateInfo(0, 1, (big, 2, 0, 0))
-    assert info.time_sum == 1 and info.consistent
+    assert info.time_sum == 1 and info.exact
 
 
 def test_decode_rejects_wrong_length():

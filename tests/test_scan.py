@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures import cases, fixture_path, manifest
+from fixtures import accounting_of, cases, fixture_path, manifest
 from xenrs_cli.address_space import (PAGE_SIZE, AddressSpace, Extent, LinearSegment, Segment,
                                      Status, ZeroSegment)
 from xenrs_cli.dumps import open_dump
@@ -42,6 +42,13 @@ def linear(buf: bytes | bytearray, gpa: int = 0) -> AddressSpace:
 
 def found(space: AddressSpace, **opts) -> list[tuple[int, str]]:
     return [(h.gpa, h.layout.name) for h in Scanner(space, ScanOptions(**opts)).hits()]
+
+
+# The synthetic tests below check the scan's mechanics (windows, seams, twins, shifted
+# readings, arrays) with several hand-made records in one page; they run with loose=True, as the
+# rules of what a hypervisor writes (several areas in one page at uneven strides, a single
+# accounted state, ...) are tested on their own in tests/test_scan_rules.py.
+LOOSE = {"loose": True}
 
 
 class PagedSegment(Segment):
@@ -155,7 +162,7 @@ def test_compat_array_and_lone_records():
     for i in range(3):
         plant(buf, 0x104 + 44 * i, record(LAYOUT_COMPAT, 1 + i, TIMES))
     plant(buf, 0x400, record(LAYOUT_64, 3, TIMES))
-    hits = list(Scanner(linear(buf), ScanOptions()).hits())
+    hits = list(Scanner(linear(buf), ScanOptions(**LOOSE)).hits())
     assert [(h.gpa, h.layout.name, h.array_index) for h in hits] == [
         (0x104, "compat", 0), (0x130, "compat", 1), (0x15c, "compat", 2), (0x400, "64", None)]
 
@@ -165,7 +172,7 @@ def test_mid_update_and_padding_records_are_hits():
     plant(buf, 0x100, record(LAYOUT_64, 1, TIMES, flag=True))
     plant(buf, 0x200, record(LAYOUT_64, 2, TIMES, padding=bytes.fromhex("0df0feca")))
     plant(buf, 0x304, record(LAYOUT_COMPAT, 2, TIMES, flag=True))
-    hits = {h.gpa: h for h in Scanner(linear(buf), ScanOptions()).hits()}
+    hits = {h.gpa: h for h in Scanner(linear(buf), ScanOptions(**LOOSE)).hits()}
     assert sorted(hits) == [0x100, 0x200, 0x304]
     assert hits[0x100].decoded.info.update_in_progress
     assert hits[0x304].decoded.info.update_in_progress
@@ -191,13 +198,14 @@ def test_min_entry_time():
     buf = bytearray(PAGE_SIZE)
     plant(buf, 0x100, record(LAYOUT_64, 1, small))
     plant(buf, 0x200, record(LAYOUT_64, 1, (700_000_000, 300_000_000, 0, 0)))  # exactly 1 s
-    sc = Scanner(linear(buf))
+    sc = Scanner(linear(buf), ScanOptions(**LOOSE))
     assert [h.gpa for h in sc.hits()] == [0x200]
     # 0x100's compat reading from 0x100 is its entry time x 2^32 (above 1 s): a shadow, dropped,
     # and the record it shadows named with the option that hides it
     assert {(u.gpa, u.layout.name, u.excluded_by) for u in sc.unreported} == {
         (0x100, "64", "min-entry-time")}
-    assert found(linear(buf), min_entry_time=999_999_999) == [(0x100, "64"), (0x200, "64")]
+    assert found(linear(buf), min_entry_time=999_999_999, **LOOSE) == [(0x100, "64"),
+                                                                       (0x200, "64")]
     assert DEFAULT_MIN_ENTRY_TIME == 1_000_000_000
 
 
@@ -248,7 +256,7 @@ def test_twin_readings():
     plant(buf, 0x100, record(LAYOUT_64, 2, TIMES))     # 64 state nonzero: 64
     plant(buf, 0x204, record(LAYOUT_COMPAT, 3, TIMES))  # = 64 at 0x200 with padding 3: compat
     plant(buf, 0x300, record(LAYOUT_64, 0, TIMES))     # all zero before the entry: both
-    hits = list(Scanner(linear(buf), ScanOptions()).hits())
+    hits = list(Scanner(linear(buf), ScanOptions(**LOOSE)).hits())
     assert [(h.gpa, h.layout.name) for h in hits] == [
         (0x100, "64"), (0x204, "compat"), (0x300, "64"), (0x304, "compat")]
     objs = [hit_to_json_dict(h, "t") for h in hits]
@@ -320,7 +328,7 @@ def test_planted_records_are_found_exactly(plants, slots, chunk, cuts):
         planted.append((gpa, name))
     edges = [0, *sorted(cuts), size]
     segs = [LinearSegment(a, b - a, bytes(buf[a:b]), 0) for a, b in zip(edges, edges[1:])]
-    got = found(AddressSpace(segs), align=1, chunk_size=chunk)
+    got = found(AddressSpace(segs), align=1, chunk_size=chunk, **LOOSE)
     assert got == sorted(planted)
 
 
@@ -330,15 +338,38 @@ FORMAT_OF = {"raw": "raw", "elf": "elf", "kdump": "kdump", "kdump-flattened": "k
 DUMPS = manifest()["dumps"]
 
 
-def rule_cases(entry: dict) -> list[dict]:
-    """The planted records that satisfy SPEC §6's rules (state 0..3, the sum rule, >= 1 s)."""
-    return [c for c in cases(entry) if c["consistent"] and 0 <= c["state"] <= 3
-            and c["state_entry_time"] >= DEFAULT_MIN_ENTRY_TIME]
+# Planted records that SPEC §6's rules accept but no hypervisor writes (xenrs_cli.scan_rules):
+# found by --loose only.
+HYPERVISOR_CANNOT = {
+    "padding_set64": "padding",  # 0xcafef00d in the 64-bit padding
+    "high_padding64": "padding",
+    # offset accounting (Xen's) with time[offline] = 0: Xen's vCPUs start offline
+    "inconsistent_compat_entry_ahead": "lifecycle",
+}
+
+
+def rule_cases(entry: dict, loose: bool = False) -> list[dict]:
+    """The planted records that satisfy SPEC §6's rules (state 0..3, exact or offset accounting,
+    >= 1 s) and, unless ``loose``, that a hypervisor could have written."""
+    return [c for c in cases(entry) if accounting_of(c) != "broken" and 0 <= c["state"] <= 3
+            and c["state_entry_time"] >= DEFAULT_MIN_ENTRY_TIME
+            and (loose or c["name"] not in HYPERVISOR_CANNOT)]
+
+
+# Bytes of the fixtures' firmware that read as a record any hypervisor could write, at an
+# alignment only --align 1 looks at: in SeaBIOS's ROM of the d2 guests (QEMU 7.2 at 0xfffd4026,
+# 10.0 at 0xfffd3266), the same 44 bytes read as a compat record of a vCPU running for the first
+# time (offset accounting, runnable 37 us, offline 459 us, entry 1.8 days) that no rule of
+# xenrs_cli.scan_rules can tell from one.
+LOOKALIKES = {(0xfffd4026, "compat"), (0xfffd3266, "compat")}
 
 
 def explained(hit, entry: dict) -> bool:
     """A hit that is not a planted record: the twin of one (same bytes, both readings valid),
-    or the compat reading (from +4) of a planted 64-bit record whose state is not 0..3."""
+    the compat reading (from +4) of a planted 64-bit record whose state is not 0..3, or a
+    known look-alike."""
+    if (hit.gpa, hit.layout.name) in LOOKALIKES:
+        return True
     by_key = {(int(c["gpa"], 16), c["layout"]): c for c in cases(entry)}
     if hit.twin is not None and (hit.twin[0], hit.twin[1].name) in by_key:
         return True
@@ -370,6 +401,19 @@ def test_fixture_every_planted_record_any_alignment(entry):
             case = next(c for c in cases(entry) if int(c["gpa"], 16) == h.gpa)
             assert h.decoded.raw.hex() == case["raw_hex"]
             assert h.decoded.info.update_in_progress == case["update_in_progress"]
+
+
+@pytest.mark.parametrize("entry", DUMPS[:4], ids=[d["file"] for d in DUMPS[:4]])
+def test_fixture_loose_finds_what_no_hypervisor_writes(entry):
+    with open_fixture(entry) as d:
+        sc = Scanner(d.space, ScanOptions(align=1, loose=True))
+        got = {(h.gpa, h.layout.name) for h in sc.hits()}
+        strict = {(h.gpa, h.layout.name) for h in Scanner(d.space, ScanOptions(align=1)).hits()}
+    want = {(int(c["gpa"], 16), c["layout"]) for c in rule_cases(entry, loose=True)}
+    assert want <= got, sorted(want - got)
+    cannot = {(int(c["gpa"], 16), c["layout"]) for c in cases(entry)
+              if c["name"] in HYPERVISOR_CANNOT}
+    assert cannot & want and not cannot & strict
 
 
 @pytest.mark.parametrize("entry", DUMPS, ids=[d["file"] for d in DUMPS])

@@ -197,7 +197,7 @@ def test_sum_rule_like_runstate_data():
     assert make_values(0, None, times).state_entry_time == 0x6bc5
     with pytest.raises(UsageError, match="--allow-inconsistent"):
         make_values(0, 0x6bc6, times)
-    assert not make_values(0, 0x6bc6, times, allow_inconsistent=True).consistent
+    assert not make_values(0, 0x6bc6, times, allow_inconsistent=True).exact
     with pytest.raises(UsageError, match="bit 63"):
         make_values(0, XEN_RUNSTATE_UPDATE | 5, (5, 0, 0, 0))
 
@@ -207,7 +207,7 @@ def test_transition_accounting():
     before = RunstateInfo(0, 1000, (600, 100, 300, 0))
     after = account_transition(before, 1, 5000, 300)
     assert after == RunstateInfo(1, 5000, (600 + 3700, 100 + 300, 300, 0))
-    assert after.consistent
+    assert after.exact
     # leaving blocked: steal ignored, the interval goes to blocked
     blocked = RunstateInfo(2, 1000, (600, 100, 300, 0))
     assert account_transition(blocked, 0, 1500, 77) == RunstateInfo(0, 1500, (600, 100, 800, 0))
@@ -230,7 +230,7 @@ def test_default_before():
     b = default_before(layout, after)
     assert b == RunstateInfo(1, 5_199_000_000, (4_000_000_000, 199_000_000, 1_000_000_000, 0),
                              bytes(4))
-    assert b.consistent
+    assert b.exact
     # not running: the state left is running; clamped at what time[running] holds
     assert default_before(LAYOUTS["compat"], RunstateInfo(2, 500, (400, 0, 100, 0))) == \
         RunstateInfo(0, 100, (0, 0, 100, 0), None)
@@ -243,7 +243,7 @@ def test_default_before():
 def test_default_before_stays_consistent(layout_name, state, times):
     after = RunstateInfo(state, sum(times), times)
     b = default_before(LAYOUTS[layout_name], after)
-    assert b.consistent and min(b.time) >= 0 and b.state_entry_time <= after.state_entry_time
+    assert b.exact and min(b.time) >= 0 and b.state_entry_time <= after.state_entry_time
     assert b.state != state or b.time == after.time
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from xenrs_cli.accounting import DEFAULT_HYPERVISOR, accepted, explain
 from xenrs_cli.address_space import AddressSpace, Piece, Status, check_present
 from xenrs_cli.layouts import LAYOUT_64, LAYOUTS, PAGE_SIZE, Layout, RunstateInfo, decode
 
@@ -31,6 +32,12 @@ class Decoded:
     missing: frozenset[str]
     warnings: tuple[str, ...]
     layout_warning: str | None = None  # why ``auto`` fell back to 64 (also in ``warnings``)
+    hypervisor: str = DEFAULT_HYPERVISOR  # whose accounting counts as consistent (SPEC §7)
+
+    @property
+    def consistent(self) -> bool:
+        """The accounting is one that :attr:`hypervisor` can leave (SPEC §7)."""
+        return accepted(self.info.accounting, self.hypervisor)
 
     @property
     def split_at(self) -> int | None:
@@ -50,7 +57,7 @@ class Decoded:
             out.append("unknown state")
         if "state_entry_time" not in self.missing and self.info.update_in_progress:
             out.append("update in progress")
-        if not self.missing & _SUM_FIELDS and not self.info.consistent:
+        if not self.missing & _SUM_FIELDS and not self.consistent:
             out.append("inconsistent")
         return out
 
@@ -71,8 +78,9 @@ def _read(space: AddressSpace, gpa: int, layout: Layout):
     return data, pieces, _missing_fields(layout, pieces)
 
 
-def _infer(space: AddressSpace, gpa: int) -> tuple[Layout, str | None]:
-    """SPEC §3 ``auto``: the one plausible layout; 64 (with a warning) for both or neither."""
+def _infer(space: AddressSpace, gpa: int) -> tuple[Layout, str | None, bool]:
+    """SPEC §3 ``auto``: the one plausible layout (state 0..3, accounting not broken); 64 (with a
+    warning) for both or neither. The flag says whether it is a guess (neither was plausible)."""
     plausible, complete = [], []
     for layout in LAYOUTS.values():
         data, pieces, missing = _read(space, gpa, layout)
@@ -82,55 +90,55 @@ def _infer(space: AddressSpace, gpa: int) -> tuple[Layout, str | None]:
         if decode(layout, data).plausible:
             plausible.append(layout)
     if len(plausible) == 1:
-        return plausible[0], None
+        return plausible[0], None, False
     if plausible:
-        return PREFERRED, "both layouts are plausible here; decoded as 64 (use --layout to choose)"
+        return (PREFERRED, "both layouts are plausible here; decoded as 64 (use --layout to "
+                "choose)", False)
     # Neither: prefer 64, unless only compat's bytes are all in the dump.
     chosen = PREFERRED if PREFERRED in complete or not complete else complete[0]
-    return chosen, (f"neither layout is plausible here (state 0..3 and the sum rule); decoded as "
-                    f"{chosen.name} (use --layout to choose)")
+    return chosen, (f"neither layout is plausible here (state 0..3 and times that add up as Xen "
+                    f"or KVM account them); decoded as {chosen.name} (use --layout to "
+                    "choose)"), True
 
 
 def decode_at(space: AddressSpace, gpa: int, layout: str = AUTO,
-              allow_missing: bool = False) -> Decoded:
-    """Decode the runstate area at ``gpa``.
+              allow_missing: bool = False, hypervisor: str = DEFAULT_HYPERVISOR) -> Decoded:
+    """Decode the runstate area at ``gpa``; ``hypervisor`` (``any``, ``kvm``, ``xen``) decides
+    which accounting is consistent (SPEC §7).
 
     Without ``allow_missing``, a byte that is not ``present`` raises
     :class:`~xenrs_cli.errors.UnmappedAddressError` naming the range and its status.
     """
-    layout_warning = None
+    layout_warning, guessed = None, False
     if layout == AUTO:
-        chosen, layout_warning = _infer(space, gpa)
+        chosen, layout_warning, guessed = _infer(space, gpa)
     else:
         chosen = LAYOUTS[layout]
     data, pieces, missing = _read(space, gpa, chosen)
     if missing and not allow_missing:
         check_present(pieces)
     info = decode(chosen, data)
-    warnings = ([layout_warning] if layout_warning else []) + _record_warnings(info, missing)
+    # When neither layout is plausible the 64-bit reading is a guess: what its bit 63 says
+    # about an update in progress would be a claim about bytes that may not be that field.
+    warnings = ([layout_warning] if layout_warning else []) + _record_warnings(
+        info, missing, hypervisor, guessed)
     return Decoded(gpa, chosen, layout == AUTO, data, tuple(pieces), info, missing,
-                   tuple(warnings), layout_warning)
+                   tuple(warnings), layout_warning, hypervisor)
 
 
-def _record_warnings(info: RunstateInfo, missing: frozenset[str]) -> list[str]:
+def _record_warnings(info: RunstateInfo, missing: frozenset[str], hypervisor: str,
+                     guessed: bool = False) -> list[str]:
     out = []
     if missing:
         out.append("not present in the dump, shown as null: " + ", ".join(sorted(missing)))
     if "state" not in missing and info.state_name == "unknown":
         out.append(f"unknown state {info.state} (RUNSTATE_* is 0..3)")
-    if "state_entry_time" not in missing and info.update_in_progress:
+    if "state_entry_time" not in missing and info.update_in_progress and not guessed:
         out.append("XEN_RUNSTATE_UPDATE is set: the dump caught the hypervisor mid-update")
-    if not missing & _SUM_FIELDS and not info.consistent:
-        behind = (info.state_entry_time - info.time_sum) % (1 << 64)
-        if behind < 1 << 63:
-            # Xen's vcpu_create() sets state_entry_time = NOW() with time[] zero, and
-            # vcpu_runstate_change() only adds deltas: on Xen proper the sum trails the entry
-            # time by the vCPU's creation time. KVM books that interval to offline (equal).
-            out.append(f"sum of time[] is {behind} ns behind state_entry_time (on Xen proper, "
-                       "the vCPU's creation time; KVM keeps them equal)")
-        else:
-            out.append(f"sum of time[] is {(1 << 64) - behind} ns ahead of state_entry_time "
-                       "(neither Xen nor KVM leaves that between updates)")
+    if not missing & _SUM_FIELDS:
+        text = explain(info.accounting, info, hypervisor)
+        if text:
+            out.append(text)
     return out
 
 
@@ -161,7 +169,9 @@ def to_json_dict(d: Decoded, dump: str) -> dict[str, Any]:
         "update_in_progress": info.update_in_progress if known("state_entry_time") else None,
         "time": time,
         "time_sum": info.time_sum if known(*times) else None,
-        "consistent": info.consistent if sums_known else None,
+        "unaccounted": info.unaccounted if sums_known else None,
+        "accounting": info.accounting.value if sums_known else None,
+        "consistent": d.consistent if sums_known else None,
         "steal": info.steal if known("time[1]", "time[3]") else None,
         "padding": (info.padding.hex() if known("padding") else None)
         if d.layout.has_padding else None,

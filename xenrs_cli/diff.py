@@ -22,9 +22,12 @@ STEAL_WENT_BACKWARDS = "steal_went_backwards"
 FLAG_STUCK = "flag_stuck"
 STATE_UNCHANGED = "state_unchanged"
 INCONSISTENT = "inconsistent"
-VERDICTS = (TIME_WENT_BACKWARDS, STEAL_WENT_BACKWARDS, FLAG_STUCK, STATE_UNCHANGED, INCONSISTENT)
+ACCOUNTING_DRIFT = "accounting_drift"
+VERDICTS = (TIME_WENT_BACKWARDS, STEAL_WENT_BACKWARDS, FLAG_STUCK, STATE_UNCHANGED, INCONSISTENT,
+            ACCOUNTING_DRIFT)
 # What ``--strict`` treats as a regression (exit 1); ``state_unchanged`` is information.
-REGRESSIONS = frozenset({TIME_WENT_BACKWARDS, STEAL_WENT_BACKWARDS, FLAG_STUCK, INCONSISTENT})
+REGRESSIONS = frozenset({TIME_WENT_BACKWARDS, STEAL_WENT_BACKWARDS, FLAG_STUCK, INCONSISTENT,
+                         ACCOUNTING_DRIFT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,13 @@ def compare(before: Decoded, after: Decoded) -> RunstateDiff:
       ``xen_get_runstate_snapshot_cpu_delta()``).
     * ``state_unchanged``: same ``state`` and same ``state_entry_time``: no runstate change was
       accounted between the dumps (a vCPU stuck runnable, or a stale area nobody updates).
-    * ``inconsistent``: either record breaks the sum rule or has an unknown state.
+    * ``inconsistent``: either record has an unknown state or an accounting its decode's
+      ``--hypervisor`` cannot leave (SPEC §7).
+    * ``accounting_drift``: Δ``state_entry_time`` ≠ ΣΔ``time[]``. Every state change adds the
+      same interval to the entry time and to one ``time[]`` (``kvm_xen_update_runstate()``,
+      ``vcpu_runstate_change()``), so ``unaccounted`` — 0 on KVM, the vCPU's creation time on
+      Xen — is constant for a vCPU's life; a change means the area was rewritten by something
+      else (a restore that reset it, another vCPU's area registered there, a torn copy).
     """
     if before.layout is not after.layout:
         raise ValueError("compare() needs both records in one layout")
@@ -78,8 +87,11 @@ def compare(before: Decoded, after: Decoded) -> RunstateDiff:
         verdicts.append(FLAG_STUCK)
     if a.state == b.state and a.state_entry_time == b.state_entry_time:
         verdicts.append(STATE_UNCHANGED)
-    if not (b.plausible and a.plausible):
+    if not (before.consistent and after.consistent and b.state_name != "unknown"
+            and a.state_name != "unknown"):
         verdicts.append(INCONSISTENT)
+    if b.unaccounted != a.unaccounted:
+        verdicts.append(ACCOUNTING_DRIFT)
     # Guest time the hypervisor booked into time[] between the two records' last state
     # changes (the state_entry_time delta when both are consistent). Time since the last
     # change is not booked yet, so this is not the wall time between the dumps.
@@ -101,3 +113,33 @@ def to_json_dict(d: RunstateDiff, dump1: str, dump2: str) -> dict[str, Any]:
         "regression": bool(d.regressions),
     }
 
+
+
+# ---------------------------------------------------------------------------------------------
+# scan --later (SPEC §6): the same area in a later dump of the same guest
+
+ADVANCED = "advanced"
+UNCHANGED = "unchanged"
+CHANGED_OTHERWISE = "inconsistent"
+MISSING = "missing"
+
+
+def later_verdict(before: Decoded, after: Decoded | None) -> tuple[str, dict[str, int] | None]:
+    """What became of a hit in a later dump: ``(verdict, delta)``.
+
+    ``advanced``: ``state_entry_time`` grew, no ``time[]`` shrank, and Δ``state_entry_time`` ==
+    ΣΔ``time[]`` — the accounting of SPEC §7, which every hypervisor update keeps, so a static
+    look-alike almost never does it by chance; ``unchanged``: the same bytes (an offline or idle
+    vCPU, or a static look-alike); ``inconsistent``: changed any other way; ``missing``: the
+    later dump does not hold the bytes (``after`` is ``None``; no delta).
+    """
+    if after is None:
+        return MISSING, None
+    rec = compare(before, after)
+    if after.raw == before.raw:
+        return UNCHANGED, rec.delta
+    grew = rec.delta["state_entry_time"] > 0
+    if (grew and ACCOUNTING_DRIFT not in rec.verdicts
+            and TIME_WENT_BACKWARDS not in rec.verdicts):
+        return ADVANCED, rec.delta
+    return CHANGED_OTHERWISE, rec.delta

@@ -70,3 +70,32 @@ class UnmappedAddressError(InputError):
         self.size = size
         self.status = status
         self.detail = detail
+
+
+class PageWalkError(InputError):
+    """A guest virtual address that the page tables do not translate (SPEC §8): the walk stopped
+    at ``level`` (``PML4E``, ``PDE``, ...) on the entry at guest-physical ``entry_gpa``."""
+
+    def __init__(self, va: int, level: str, entry_gpa: int, reason: str, *,
+                 cr3: int | None = None, entry: int | None = None) -> None:
+        value = f" = 0x{entry:x}" if entry is not None else ""
+        root = f" (CR3 0x{cr3:x})" if cr3 is not None else ""
+        super().__init__(f"VA 0x{va:x}: {level} at GPA 0x{entry_gpa:x}{value} {reason}{root}")
+        self.va = va
+        self.level = level
+        self.entry_gpa = entry_gpa
+        self.entry = entry
+        self.cr3 = cr3
+        self.reason = reason
+
+
+class PageNotPresentError(PageWalkError):
+    """The entry's present bit (bit 0) is clear: the VA is not mapped by these tables."""
+
+
+class BadVirtualAddressError(InputError):
+    """A virtual address that the paging mode cannot hold (not canonical, above 4 GiB)."""
+
+    def __init__(self, va: int, reason: str) -> None:
+        super().__init__(f"VA 0x{va:x} {reason}")
+        self.va = va

@@ -52,6 +52,20 @@ class MappedFile:
             self._file.close()
 
 
+class MappedFileGroup:
+    """Several mapped files that make one dump (raw images joined by commas): one name, their
+    total size, and one ``close()`` for all of them."""
+
+    def __init__(self, members: list[MappedFile]) -> None:
+        self.members = members
+        self.name = ",".join(m.name for m in members)
+        self.size = sum(m.size for m in members)
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+
 def _map_fd(name: str, fd: int, size: int) -> mmap.mmap:
     try:
         return mmap.mmap(fd, size, access=mmap.ACCESS_READ)

@@ -16,7 +16,7 @@ def describe(d: Dump, name: str) -> dict[str, Any]:
                         "status": e.status.value, "file_offset": e.file_offset,
                         "detail": e.detail})
         totals[e.status.value] = totals.get(e.status.value, 0) + e.size
-    return {
+    out: dict[str, Any] = {
         "dump": name,
         "format": d.format,
         "variant": d.variant,
@@ -28,3 +28,14 @@ def describe(d: Dump, name: str) -> dict[str, Any]:
         "extents": extents,
         "details": {k: v for k, v in d.details.items() if k != "vcpus"},
     }
+    if d.cpus:  # SPEC §8: each vCPU's page-table root and mode, where the dump records them
+        out["cpus"] = [_cpu(c) for c in d.cpus]
+    return out
+
+
+def _cpu(c) -> dict[str, Any]:
+    """A vCPU's page-table root and paging mode (SPEC §8), where the dump records them."""
+    from xenrs_cli.paging import mode_of
+
+    return {"vcpu": c.index, "cr3": None if c.cr3 is None else f"0x{c.cr3:x}",
+            "paging": mode_of(c), "source": c.source}

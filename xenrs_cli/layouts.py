@@ -18,6 +18,8 @@ from enum import IntEnum
 
 from construct import Array, Bytes, Int32sl, Int64ul, Struct
 
+from xenrs_cli.accounting import Accounting, unaccounted
+from xenrs_cli.accounting import accounting as accounting_of
 from xenrs_cli.binary import compiled
 
 # Xen public/vcpu.h: "#define XEN_RUNSTATE_UPDATE (xen_mk_ullong(1) << 63)".
@@ -157,8 +159,19 @@ class RunstateInfo:
         return sum(self.time) & U64_MASK
 
     @property
-    def consistent(self) -> bool:
+    def exact(self) -> bool:
+        """KVM's sum rule: the times sum to the entry time (mod 2^64, as its u64 check)."""
         return self.state_entry_time == self.time_sum
+
+    @property
+    def accounting(self) -> Accounting:
+        """``exact``, ``offset`` or ``broken`` (:mod:`xenrs_cli.accounting`, SPEC §7)."""
+        return accounting_of(self)
+
+    @property
+    def unaccounted(self) -> int:
+        """``state_entry_time - time_sum``, signed."""
+        return unaccounted(self)
 
     @property
     def steal(self) -> int:
@@ -167,8 +180,9 @@ class RunstateInfo:
 
     @property
     def plausible(self) -> bool:
-        """SPEC §3 ``auto``: a known state and the sum rule (flag bit ignored)."""
-        return 0 <= self.state <= 3 and self.consistent
+        """SPEC §3 ``auto``: a known state and an accounting that is not broken (flag bit
+        ignored)."""
+        return 0 <= self.state <= 3 and self.accounting is not Accounting.BROKEN
 
 
 def decode(layout: Layout, data: bytes) -> RunstateInfo:

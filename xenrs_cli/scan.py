@@ -1,10 +1,12 @@
 """Find runstate areas without a known GPA (SPEC §6 ``scan``), streaming the dump.
 
 A candidate at GPA ``g`` for a layout is: ``state`` in 0..3, ``state_entry_time`` (bit 63
-cleared) nonzero and at least ``min_entry_time``, and the sum rule ``state_entry_time ==
-sum(time[])`` (mod 2^64; KVM's ``RUNSTATE_DATA`` check in ``kvm_xen_vcpu_set_attr()`` and the
-invariant ``kvm_xen_update_runstate()`` keeps). The flag bit ``XEN_RUNSTATE_UPDATE`` is ignored by
-the rule, so records caught mid-update are found too; the 64-bit padding is not looked at.
+cleared) nonzero and at least ``min_entry_time``, and an accounting ``--hypervisor`` accepts
+(SPEC §7, :mod:`xenrs_cli.accounting`: KVM's exact sum, Xen's creation-time offset). The flag
+bit ``XEN_RUNSTATE_UPDATE`` is ignored by these rules, so records caught mid-update are found
+too. Unless ``loose``, a candidate must then also look like something a hypervisor wrote
+(:mod:`xenrs_cli.scan_rules`): on real memory SPEC's rules alone accept hundreds of thousands of
+places that are pointers, code, text or packed integers.
 
 How it stays fast and bounded (numpy, imported only here):
 
@@ -41,10 +43,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from xenrs_cli.accounting import DEFAULT_HYPERVISOR, HYPERVISORS, Accounting
 from xenrs_cli.address_space import AddressSpace, Status
 from xenrs_cli.decode import Decoded, decode_at, hexaddr, to_json_dict
 from xenrs_cli.errors import InputError, UsageError
-from xenrs_cli.layouts import LAYOUT_64, LAYOUT_COMPAT, Layout, RunstateInfo, decode
+from xenrs_cli.layouts import LAYOUT_64, LAYOUT_COMPAT, PAGE_SIZE, Layout, RunstateInfo, decode
+from xenrs_cli.scan_rules import CLOCK, CLOCK_FACTOR, CROWD, MAX_ENTRY_TIME, UPTIME, failed_rule
+from xenrs_cli.scan_stats import ScanStats
 from xenrs_cli.scan_windows import (MAX_SIZE, REACH, SEAM, check_layout, entry_positions,
                                     streams, windows)
 
@@ -52,6 +57,7 @@ DEFAULT_MIN_ENTRY_TIME = 1_000_000_000  # 1 s of guest uptime: skips near-zero n
 DEFAULT_CHUNK = 16 << 20
 NATURAL_ALIGN = {"64": 8, "compat": 4}  # the C ABI alignment of the struct (int64 / i386 int32)
 ALIGNS = (8, 4, 1)
+MAX_HELD = 100_000  # hits held for the clock rule before it gives up (bounded memory)
 
 
 class MissingNumpyError(InputError):
@@ -81,8 +87,12 @@ class ScanOptions:
     start: int | None = None  # None: the first GPA of the dump
     end: int | None = None
     chunk_size: int = DEFAULT_CHUNK
+    hypervisor: str = DEFAULT_HYPERVISOR  # whose accounting is accepted (SPEC §7)
+    loose: bool = False  # SPEC §6's rules only, without xenrs_cli.scan_rules
 
     def __post_init__(self) -> None:
+        if self.hypervisor not in HYPERVISORS:
+            raise UsageError(f"--hypervisor must be one of {', '.join(HYPERVISORS)}")
         if self.align is not None and self.align not in ALIGNS:
             raise UsageError(f"--align must be one of 8, 4, 1, not {self.align}")
         if not self.layouts:
@@ -95,28 +105,6 @@ class ScanOptions:
 
     def align_of(self, layout: Layout) -> int:
         return self.align if self.align is not None else NATURAL_ALIGN[layout.name]
-
-
-@dataclass
-class ScanStats:
-    """Bytes of the scanned range by provenance, and what was found."""
-
-    range_start: int = 0
-    range_end: int = 0
-    bytes: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Status})
-    candidates: int = 0  # 8-byte windows that passed the entry-time test
-    hits: int = 0
-    readings_dropped: int = 0  # shifted or twin readings of a record (see Scanner._resolve)
-
-    def pages(self, status: Status, page_size: int) -> int:
-        return -(-self.bytes[status.value] // page_size)
-
-    def to_json_dict(self, page_size: int) -> dict[str, Any]:
-        return {"range": [hexaddr(self.range_start), hexaddr(self.range_end)],
-                "bytes": dict(self.bytes),
-                "pages": {s.value: self.pages(s, page_size) for s in Status},
-                "candidates": self.candidates, "hits": self.hits,
-                "readings_dropped": self.readings_dropped}
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,18 +169,14 @@ class Unreported:
     excluded_by: str  # the option that hides it: layout, align, range or min-entry-time
 
 
-def _reading(space: AddressSpace, gpa: int, layout: Layout, threshold: int) -> RunstateInfo | None:
-    """The record at ``gpa`` if it passes SPEC §6's rules with every byte readable (present or
-    zero-filled), else ``None``. The scalar twin of :func:`check_layout`."""
-    if gpa < 0:
-        return None
-    data, pieces = space.read(gpa, layout.size)
-    if any(p.status in (Status.EXCLUDED, Status.ABSENT) for p in pieces):
-        return None
-    info = decode(layout, data)
-    if info.plausible and info.state_entry_time >= threshold:
-        return info
-    return None
+def _other(layout: Layout) -> Layout:
+    return LAYOUT_COMPAT if layout is LAYOUT_64 else LAYOUT_64
+
+
+def _witness(hit: Hit) -> bool:
+    """A hit that shows how far the dump's clock ran: exact over two or more states."""
+    info = hit.decoded.info
+    return info.accounting is Accounting.EXACT and sum(1 for t in info.time if t) >= 2
 
 
 def _arrays(hits: list[_Raw]) -> list[tuple[_Raw, int | None, int | None, int | None]]:
@@ -241,8 +225,88 @@ class Scanner:
         self.stats = ScanStats(start, max(start, end))
         self.unreported: list[Unreported] = []
         self._threshold = max(options.min_entry_time, 1)
+        self._accept = HYPERVISORS[options.hypervisor]
+        self.clock: int | None = None  # the latest witness's entry time (the clock rule)
+        self.clock_skipped = False  # too many hits to hold for the clock rule
+
+    def _reading(self, gpa: int, layout: Layout, threshold: int) -> RunstateInfo | None:
+        """The record at ``gpa`` if it passes this scan's rules (SPEC §6's with ``threshold``
+        for the entry time, and unless ``--loose`` :mod:`xenrs_cli.scan_rules`) with every byte
+        readable (present or zero-filled), else ``None``. The scalar twin of
+        :func:`check_layout`."""
+        if gpa < 0:
+            return None
+        data, pieces = self.space.read(gpa, layout.size)
+        if any(p.status in (Status.EXCLUDED, Status.ABSENT) for p in pieces):
+            return None
+        info = decode(layout, data)
+        if not (0 <= info.state <= 3 and info.state_entry_time >= threshold
+                and info.accounting in self._accept):
+            return None
+        if not self.options.loose and failed_rule(info) is not None:
+            return None
+        return info
+
+    def _vetted(self, gpas: list[int], layout: Layout, buf, base: int) -> list[_Raw]:
+        """The candidates of a window that also pass :func:`~xenrs_cli.scan_rules.failed_rule`
+        (the rules numpy did not apply); the others are counted as rejected."""
+        if self.options.loose:
+            return [_Raw(g, layout) for g in gpas]
+        out = []
+        for g in gpas:
+            info = decode(layout, bytes(buf[g - base:g - base + layout.size]))
+            rule = failed_rule(info)
+            if rule is None:
+                out.append(_Raw(g, layout))
+            else:
+                self.stats.reject(rule.name, 1, [g])
+        return out
 
     def hits(self) -> Iterator[Hit]:
+        """The hits in GPA order. Unless ``--loose``, after the page rule of
+        :meth:`_uncrowded` and the clock rule of :meth:`_on_the_clock` — which needs every hit
+        before it can judge one, so they come at the end of the scan."""
+        hits = self._raw_hits()
+        if self.options.loose:
+            return hits
+        return self._on_the_clock(self._uncrowded(hits))
+
+    def _on_the_clock(self, hits: Iterator[Hit]) -> Iterator[Hit]:
+        """Drop offset hits whose entry time is far beyond the dump's clock.
+
+        Every area in one dump is written against one clock (Xen's system time, or the VM's
+        kvmclock), which had not passed the moment of the dump. The hits with the most evidence
+        — exact accounting over two or more states: KVM's areas, Xen's idle vCPUs, which switch
+        whenever a pCPU idles — witness how far it had run. An ``offset`` hit (which only Xen
+        writes, and which SPEC's rules let through far more easily) whose entry time is more
+        than :data:`~xenrs_cli.scan_rules.CLOCK_FACTOR` times the latest witness is dropped:
+        in the real dumps these are kernel text and packed counters, entry times of days to
+        years in a machine up for half a minute. Without a witness (a Xen guest's memory alone)
+        the rule does not apply. Past :data:`MAX_HELD` hits it gives up and lets all through.
+        """
+        held: list[Hit] = []
+        for hit in hits:
+            held.append(hit)
+            if len(held) > MAX_HELD:
+                self.clock_skipped = True
+                yield from held
+                yield from hits
+                return
+        witnesses = [h.decoded.info.state_entry_time for h in held if _witness(h)]
+        if not witnesses:
+            yield from held
+            return
+        self.clock = max(witnesses)
+        bound = self.clock * CLOCK_FACTOR
+        for hit in held:
+            info = hit.decoded.info
+            if info.accounting is Accounting.OFFSET and info.state_entry_time > bound:
+                self.stats.reject(CLOCK.name, 1, [hit.gpa])
+                self.stats.hits -= 1
+                continue
+            yield hit
+
+    def _raw_hits(self) -> Iterator[Hit]:
         np = numpy()
         opts, stats = self.options, self.stats
         total = stats.range_end - stats.range_start
@@ -260,7 +324,8 @@ class Scanner:
                          if (s - l.entry_offset) % a == 0})
         cluster: list[_Raw] = []
         words = (opts.chunk_size + SEAM + REACH) // 8 + 1  # the largest window, in words
-        scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool))
+        scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool),
+                   np.empty(words, dtype=np.uint64))
         if self.progress is not None:
             self.progress(0, total)
         spans = self.space.runs(stats.range_start, stats.range_end)
@@ -268,13 +333,17 @@ class Scanner:
             for gpa, core_len, data in windows(stream, opts.chunk_size):
                 buf = np.frombuffer(data, dtype=np.uint8)
                 found: list[_Raw] = []
-                for shift, entries in entry_positions(np, buf, gpa, shifts, self._threshold,
-                                                       scratch):
-                    stats.candidates += int(entries.size)
+                below = None if opts.loose else MAX_ENTRY_TIME
+                for shift, entries, beyond in entry_positions(np, buf, gpa, shifts,
+                                                              self._threshold, scratch, below):
+                    stats.candidates += int(entries.size) + beyond
+                    if beyond:
+                        stats.reject(UPTIME.name, beyond, [])
                     for layout, align in checks:
                         if entries.size and (shift - layout.entry_offset) % align == 0:
-                            found += [_Raw(g, layout) for g in check_layout(
-                                np, buf, gpa, core_len, entries, layout, self._threshold)]
+                            found += self._vetted(check_layout(
+                                np, buf, gpa, core_len, entries, layout, self._threshold,
+                                self._accept, None if opts.loose else stats), layout, buf, gpa)
                 del buf, data  # drop the views of the mapping before it is closed
                 found.sort(key=lambda r: (r.gpa, r.layout.name))
                 for raw in found:
@@ -297,8 +366,8 @@ class Scanner:
         threshold = self._threshold if threshold is None else threshold
         g64 = e - LAYOUT_64.entry_offset
         gc = e - LAYOUT_COMPAT.entry_offset
-        info64 = _reading(self.space, g64, LAYOUT_64, threshold)
-        okc = _reading(self.space, gc, LAYOUT_COMPAT, threshold) is not None
+        info64 = self._reading(g64, LAYOUT_64, threshold)
+        okc = self._reading(gc, LAYOUT_COMPAT, threshold) is not None
         if info64 is None:
             return [(gc, LAYOUT_COMPAT)] if okc else []
         if not okc:
@@ -329,7 +398,9 @@ class Scanner:
             there = min(g for g, _ in others)
             if d > 0 and self._is_shadow(e, here, d, there):
                 return others
-            if d < 0 and not self._is_shadow(e + d, there, -d, here):
+            if d < 0 and not self._is_shadow(e + d, there, -d, here) and max(
+                    self._evidence_at(g, l) for g, l in others) >= self._evidence_at(
+                    here, raw.layout if here == raw.gpa else _other(raw.layout)):
                 return others
         return []
 
@@ -366,7 +437,7 @@ class Scanner:
         if info64.state != 0:
             return "64"
         for nb in (g64 - LAYOUT_64.size, g64 + LAYOUT_64.size):
-            if _reading(self.space, nb, LAYOUT_64, self._threshold) is not None:
+            if self._reading(nb, LAYOUT_64, self._threshold) is not None:
                 return "64"
         return "both"
 
@@ -408,19 +479,63 @@ class Scanner:
                 what = "compat" if tl is LAYOUT_COMPAT else "64-bit"
                 raw.notes.append(f"the same bytes also read as a {what} record at GPA 0x{tg:x} "
                                  "(64-bit padding = compat state = 0); nothing tells them apart")
-            if kept and raw.gpa < kept[-1].gpa + kept[-1].layout.size and not (
-                    kept[-1].twin and kept[-1].twin[0] == raw.gpa):
-                # Overlaps the record before it, with a different state_entry_time field: a
-                # reading of that record's times and the bytes after them (possible when two
-                # consecutive time[] are equal and zero follows). The earlier one is the record;
-                # a shifted reading can only be later, as one 8+ bytes early reads all zeros.
-                self.stats.readings_dropped += 1
-                continue
+            clash = [k for k in kept if raw.gpa < k.gpa + k.layout.size
+                     and not (k.twin and k.twin[0] == raw.gpa)]
+            if clash:
+                # Overlaps records before it, with a different state_entry_time field: one of
+                # them reads across the other's fields. The one with more evidence (what a
+                # hypervisor writes, then exact accounting) is the record; at equal evidence the
+                # earlier, as a reading of a record's times and the bytes after it can only be
+                # later (one 8+ bytes early reads all zeros).
+                if self._evidence(raw) > max(self._evidence(k) for k in clash):
+                    self.stats.readings_dropped += len(clash)
+                    kept = [k for k in kept if k not in clash]
+                else:
+                    self.stats.readings_dropped += 1
+                    continue
             kept.append(raw)
         return kept
 
+    def _evidence(self, raw: _Raw) -> tuple[bool, bool]:
+        return self._evidence_at(raw.gpa, raw.layout)
+
+    def _evidence_at(self, gpa: int, layout: Layout) -> tuple[bool, bool]:
+        """How much a reading looks like a runstate area: (a hypervisor could write it, its
+        accounting is exact). Only ``--loose`` lets readings of the first kind False through."""
+        info = self._info(gpa, layout)
+        return failed_rule(info) is None, info.exact
+
+    def _uncrowded(self, hits: Iterator[Hit]) -> Iterator[Hit]:
+        """Drop the hits of a page that holds three or more places that are not one array.
+
+        A hypervisor writes one area per vCPU, and guests keep each in a per-CPU structure of
+        its own: Linux ``DEFINE_PER_CPU(struct vcpu_runstate_info, xen_runstate)`` (one per
+        CPU's per-CPU chunk), Xen's ``struct vcpu`` (a page each), or an array (the KVM selftest,
+        a hypervisor's table) whose entries sit at one stride. Three or more places in one 4 KiB
+        page at uneven strides is a page of other data — in the real dumps, user stacks full of
+        pointers and slab pages — that happens to pass. A place is a hit or its twin pair.
+        """
+        page: list[Hit] = []
+        for hit in hits:
+            if page and hit.gpa // PAGE_SIZE != page[0].gpa // PAGE_SIZE:
+                yield from self._page_verdict(page)
+                page = []
+            page.append(hit)
+        if page:
+            yield from self._page_verdict(page)
+
+    def _page_verdict(self, page: list[Hit]) -> list[Hit]:
+        places = sorted({min(h.gpa, h.twin[0]) if h.twin else h.gpa for h in page})
+        gaps = {b - a for a, b in zip(places, places[1:])}
+        if len(places) < 3 or len(gaps) == 1:
+            return page
+        self.stats.reject(CROWD.name, len(page), [h.gpa for h in page])
+        self.stats.hits -= len(page)
+        return []
+
     def _flush(self, cluster: list[_Raw]) -> Iterator[Hit]:
         for raw, agpa, aidx, alen in _arrays(self._resolve(cluster)):
-            d = decode_at(self.space, raw.gpa, raw.layout.name, allow_missing=True)
+            d = decode_at(self.space, raw.gpa, raw.layout.name, allow_missing=True,
+                          hypervisor=self.options.hypervisor)
             self.stats.hits += 1
             yield Hit(d, agpa, aidx, alen, tuple(raw.notes), raw.twin)

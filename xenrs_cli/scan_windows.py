@@ -16,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from xenrs_cli.accounting import Accounting
 from xenrs_cli.address_space import LinearSegment, Run, Segment, Status
 from xenrs_cli.layouts import LAYOUTS, XEN_RUNSTATE_UPDATE, Layout
+from xenrs_cli.scan_rules import prefilter
+from xenrs_cli.scan_stats import EXAMPLES, ScanStats
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from xenrs_cli.scan import ScanStats
 
 MAX_SIZE = max(l.size for l in LAYOUTS.values())
 REACH = MAX_SIZE - 1  # bytes past a start GPA that a record can touch
@@ -138,22 +139,50 @@ def values_at(np, buf: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold: int,
-                     scratch: tuple[np.ndarray, np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
-    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: the ascending byte positions ``p``
-    of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value (flag bit included, so an upper
-    bound of the entry time) is at least ``threshold``.
+                     scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     below: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
+    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: ``(s, positions, beyond)``, the
+    ascending byte positions ``p`` of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value
+    (flag bit included, so an upper bound of the entry time) is at least ``threshold`` and,
+    with ``below``, whose value without the flag bit is under ``below``; ``beyond`` counts the
+    fields that reach ``threshold`` but not that bound.
 
-    One pass over the window finds the nonzero aligned words; an 8-byte field at shift ``s > 0``
-    overlaps words ``w`` and ``w + 1``, so only fields next to a nonzero word are read, and only
-    at those places. In a dump of zero pages that is nothing. ``scratch`` is two boolean arrays
-    of at least one element per word, reused across windows (fresh ones would page-fault in
-    every window: measured 2x slower).
+    One pass over the window finds the nonzero aligned words. Where they are few (sparse memory:
+    zero pages), an 8-byte field at shift ``s > 0`` overlaps words ``w`` and ``w + 1``, so only
+    fields next to a nonzero word are read, and only at those places. Where they are many (dense
+    memory: a kernel, a heap), gathering them one by one costs more than comparing every field
+    of the window through one contiguous (possibly unaligned) view per shift, which is what is
+    done there. ``scratch`` is two boolean arrays and one uint64 array of at least one element
+    per word, reused across windows (fresh ones would page-fault in every window: measured 2x
+    slower).
     """
     head = (-gpa) % 8  # bytes before the first 8-aligned GPA of the window
     words = (len(buf) - head) // 8
-    if words <= 0:
+    if words <= 0 or (below is not None and threshold >= below):
         return
     aligned = np.ndarray((words,), dtype="<u8", buffer=buf, offset=head)
+    lo = np.uint64(threshold)
+    # How dense: a sample of every 64th word decides the method (a full count would be one
+    # more pass over the window).
+    if np.count_nonzero(aligned[::SAMPLE]) * DENSE > -(-words // SAMPLE):
+        for s in shifts:
+            start = (head + s) % 8  # the first field at shift s wholly inside the window
+            fields = np.ndarray(((len(buf) - start) // 8,), dtype="<u8", buffer=buf,
+                                offset=start)
+            n = fields.size
+            if below is None:
+                hit = np.greater_equal(fields, lo, out=scratch[0][:n])
+                yield s, start + 8 * np.flatnonzero(hit), 0
+                continue
+            # lo <= value without the flag < below, as one unsigned comparison of value - lo;
+            # elementwise, as most dense fields are pointers or text far above the bound
+            v = np.bitwise_and(fields, np.uint64(ENTRY_MASK), out=scratch[2][:n])
+            beyond = int(np.count_nonzero(np.greater_equal(v, np.uint64(below),
+                                                           out=scratch[1][:n])))
+            np.subtract(v, lo, out=v)
+            hit = np.less(v, np.uint64(below - threshold), out=scratch[0][:n])
+            yield s, start + 8 * np.flatnonzero(hit), beyond
+        return
     nonzero = np.not_equal(aligned, 0, out=scratch[0][:words])
     if not nonzero.any() and not buf[:head].any():
         return
@@ -169,17 +198,39 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
             pos = np.concatenate(([head + s - 8], pos))
         pos = pos[:np.searchsorted(pos, len(buf) - 8, side="right")]
         if pos.size:
-            yield s, pos[values_at(np, buf, pos, "<u8") >= np.uint64(threshold)]
+            values = values_at(np, buf, pos, "<u8")
+            keep = values >= lo
+            yield (s, *_bounded(np, pos[keep], values[keep], below))
+
+
+# Above one nonzero word in DENSE (in a sample of one word in SAMPLE), a window is scanned
+# field by field rather than gathered.
+DENSE = 16
+SAMPLE = 64
+
+
+def _bounded(np, pos, values, below: int | None) -> tuple[np.ndarray, int]:
+    """The positions whose value without the flag bit is under ``below`` (all when ``None``),
+    and how many were not."""
+    if below is None:
+        return pos, 0
+    ok = (values & np.uint64(ENTRY_MASK)) < np.uint64(below)
+    kept = pos[ok]
+    return kept, int(pos.size - kept.size)
 
 
 ENTRY_MASK = ~XEN_RUNSTATE_UPDATE & (2**64 - 1)
 
 
 def check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarray,
-                  layout: Layout, min_entry: int) -> list[int]:
-    """The GPA of every start in the core that passes SPEC §6's rules for ``layout``, given the
-    ascending positions of its possible ``state_entry_time`` fields (one byte shift, already of
-    the layout's alignment)."""
+                  layout: Layout, min_entry: int, accept: frozenset[Accounting],
+                  stats: ScanStats | None = None) -> list[int]:
+    """The GPA of every start in the core that passes SPEC §6's rules for ``layout`` — state
+    0..3, entry time at least ``min_entry``, an accounting in ``accept`` — given the ascending
+    positions of its possible ``state_entry_time`` fields (one byte shift, already of the
+    layout's alignment). With ``stats``, the cheap rules of :mod:`xenrs_cli.scan_rules` apply
+    too (:func:`~xenrs_cli.scan_rules.prefilter`), and what they reject is counted there;
+    without (``--loose``) they do not."""
     starts = entries - layout.entry_offset
     lo = np.searchsorted(starts, 0)
     hi = np.searchsorted(starts, min(core_len, len(buf) - layout.size + 1))
@@ -187,12 +238,35 @@ def check_layout(np, buf: np.ndarray, gpa: int, core_len: int, entries: np.ndarr
     if not starts.size:
         return []
     # state: a little-endian int32 in 0..3, RUNSTATE_running..RUNSTATE_offline.
-    starts = starts[values_at(np, buf, starts, "<u4") <= 3]
+    state = values_at(np, buf, starts, "<u4")
+    known = state <= 3
+    starts, state = starts[known], state[known]
     if not starts.size:
         return []
     entry = values_at(np, buf, starts + layout.entry_offset, "<u8") & np.uint64(ENTRY_MASK)
+    ok = entry >= np.uint64(max(min_entry, 1))
+    times = [values_at(np, buf, starts + layout.times_offset + 8 * i, "<u8") for i in range(4)]
+    # exact: the u64 sum (wrapping, as the kernel's) equals the entry time. offset: every time
+    # and every partial sum stays below the entry time (< 2^63, so the partial sums never wrap).
     total = np.zeros(starts.size, dtype=np.uint64)
-    for i in range(4):  # uint64 addition wraps modulo 2^64, as the kernel's u64 sum does
-        total += values_at(np, buf, starts + layout.times_offset + 8 * i, "<u8")
-    ok = (entry == total) & (entry >= np.uint64(max(min_entry, 1)))
+    fits = np.ones(starts.size, dtype=bool)
+    for t in times:
+        fits &= t <= entry
+        total += t
+        fits &= total <= entry
+    exact = total == entry
+    allowed = np.zeros(starts.size, dtype=bool)
+    if Accounting.EXACT in accept:
+        allowed |= exact
+    if Accounting.OFFSET in accept:
+        allowed |= fits & ~exact
+    ok &= allowed
+    if stats is not None and ok.any():
+        padding = (values_at(np, buf, starts + 4, "<u4") if layout.has_padding else None)
+        for rule, broken in prefilter(np, state, padding, entry, times, exact):
+            hit = ok & broken
+            if hit.any():
+                stats.reject(rule.name, int(np.count_nonzero(hit)),
+                             (starts[hit][:EXAMPLES] + gpa).tolist())
+                ok &= ~broken
     return (starts[ok] + gpa).tolist()

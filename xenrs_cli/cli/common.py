@@ -159,6 +159,16 @@ def resolve_format(fmt: str | None) -> str:
     return "table" if sys.stdout.isatty() else "json"
 
 
+def hypervisor_option(f: Callable) -> Callable:
+    """``--hypervisor any|kvm|xen``: whose accounting counts as consistent."""
+    return click.option(
+        "--hypervisor", type=click.Choice(["any", "kvm", "xen"]), default="any",
+        show_default=True,
+        help="Whose accounting counts as consistent: kvm keeps state_entry_time equal to the "
+             "sum of time[] (exact); xen also leaves it ahead by the vCPU's creation time "
+             "(offset); any accepts both.")(f)
+
+
 def dump_format_option(f: Callable) -> Callable:
     from xenrs_cli.dumps import FORMATS
 

@@ -6,7 +6,7 @@ import click
 
 from xenrs_cli.cli.common import (DUMP, GPA_OR_STDIN, CsvEmitter, common_options,
                                   dump_format_option, emit_json, expand_gpas, format_option,
-                                  is_stdin, resolve_format)
+                                  hypervisor_option, is_stdin, resolve_format)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
@@ -24,16 +24,18 @@ from xenrs_cli.layouts import LAYOUTS
 @format_option()
 @click.option("--strict", is_flag=True,
               help="Exit 1 on a regression: time or steal went backwards, flag stuck, "
-                   "inconsistent record.")
+                   "inconsistent record, accounting drift.")
+@hypervisor_option
 @dump_format_option
 @common_options
 def diff(dump1: str, dump2: str, gpas: tuple, use_scan: bool, layout: str, fmt: str | None,
-         strict: bool, dump_format: str) -> int:
+         strict: bool, hypervisor: str, dump_format: str) -> int:
     """Compare the runstate areas at the same GPAs in DUMP1 and DUMP2 (taken in that order).
 
     One record per GPA: both decodes, the signed deltas (DUMP2 - DUMP1) of state_entry_time,
     time[] and steal, and the verdicts time_went_backwards, steal_went_backwards, flag_stuck,
-    state_unchanged, inconsistent. A GPA missing from either dump is an error line (exit 3)
+    state_unchanged, inconsistent, accounting_drift (state_entry_time moved by a different
+    amount than the sum of time[]; both hypervisors keep the two in step). A GPA missing from either dump is an error line (exit 3)
     and the others are still compared.
 
     \b
@@ -53,13 +55,14 @@ def diff(dump1: str, dump2: str, gpas: tuple, use_scan: bool, layout: str, fmt: 
         raise UsageError("DUMP1 and DUMP2 cannot both be '-' (stdin)")
     fmt = resolve_format(fmt)
     with open_dump(dump1, dump_format) as d1, open_dump(dump2, dump_format) as d2:
-        targets = _scan_targets(d1, layout) if use_scan else [(g, layout) for g in expand_gpas(gpas)]
+        targets = (_scan_targets(d1, layout, hypervisor) if use_scan
+                   else [(g, layout) for g in expand_gpas(gpas)])
         out = _sink(fmt)
         failed = regression = False
         for gpa, lay in targets:
             try:
-                before = _decode(decode_at, d1, dump1, gpa, lay)
-                after = _decode(decode_at, d2, dump2, gpa, before.layout.name)
+                before = _decode(decode_at, d1, dump1, gpa, lay, hypervisor)
+                after = _decode(decode_at, d2, dump2, gpa, before.layout.name, hypervisor)
             except InputError as e:
                 click.echo(f"xenrs: error: {e}", err=True)
                 failed = True
@@ -72,11 +75,11 @@ def diff(dump1: str, dump2: str, gpas: tuple, use_scan: bool, layout: str, fmt: 
     return 3 if failed else 1 if strict and regression else 0
 
 
-def _decode(decode_at, dump, name: str, gpa: int, layout: str):
+def _decode(decode_at, dump, name: str, gpa: int, layout: str, hypervisor: str):
     from xenrs_cli.errors import UnmappedAddressError
 
     try:
-        return decode_at(dump.space, gpa, layout)
+        return decode_at(dump.space, gpa, layout, hypervisor=hypervisor)
     except UnmappedAddressError as e:
         # Not decode's hint: diff has no --allow-missing (a delta needs both values).
         raise InputError(f"{name}: GPA 0x{e.gpa:x}-0x{e.gpa + e.size - 1:x} is {e.status} in "
@@ -85,11 +88,11 @@ def _decode(decode_at, dump, name: str, gpa: int, layout: str):
         raise InputError(f"{name}: {e}") from None
 
 
-def _scan_targets(dump, layout: str) -> list[tuple[int, str]]:
+def _scan_targets(dump, layout: str, hypervisor: str) -> list[tuple[int, str]]:
     from xenrs_cli.scan import ScanOptions, Scanner
 
     layouts = tuple(LAYOUTS.values()) if layout == "auto" else (LAYOUTS[layout],)
-    hits = Scanner(dump.space, ScanOptions(layouts=layouts)).hits()
+    hits = Scanner(dump.space, ScanOptions(layouts=layouts, hypervisor=hypervisor)).hits()
     return [(h.gpa, h.layout.name) for h in hits]
 
 

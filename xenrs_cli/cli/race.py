@@ -133,8 +133,9 @@ def sweep(fmt: str | None, page: int, reader: str | None, run_all: bool, **kw: A
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             raise UsageError(f"--{name} does not apply to sweep, which places the area at every "
                              "offset of --page itself")
-    # --from-dump reads the record before at --page's GPA
-    kw.update(gpa=page if kw["from_dump"] is not None else None, split=False)
+    # --from-dump reads the record before at --page's GPA (or at --va's translation)
+    kw.update(gpa=page if kw["from_dump"] is not None and kw.get("va") is None else None,
+              split=False)
     if run_all:
         fixed = [n for n in ("model", "layout", "update_flag")
                  if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]

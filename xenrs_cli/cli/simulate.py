@@ -13,6 +13,7 @@ import click
 
 from xenrs_cli.cli.common import (DUMP, GPA, NUMBER, CsvEmitter, common_options, dump_format_option,
                                   emit_json, resolve_format, warn)
+from xenrs_cli.cli.vaddr import VA, paging_options
 from xenrs_cli.errors import UsageError
 from xenrs_cli.layouts import LAYOUTS
 from xenrs_cli.models import EVENTS, MODELS
@@ -55,6 +56,10 @@ def scenario_options(f: Callable | None = None, *, hidden: tuple[str, ...] = ())
              help="Accept --entry-time != sum of time[] (KVM refuses it)."),
         _opt("--from-dump", type=DUMP, default=None,
              help="Take the before-image from DUMP at the GPA."),
+        _opt("--va", type=VA, default=None,
+             help="--from-dump: the area's guest virtual address; the GPA is its "
+                  "translation (what KVM takes at registration)."),
+        (None, paging_options),
         (None, dump_format_option),
         _opt("--transition", default=None, metavar="STATE",
              help="Derive the values as kvm_xen_update_runstate() accounts a change "
@@ -123,6 +128,17 @@ def _read_before(dump: str, dump_format: str, gpa: int, size: int) -> bytes:
                      f"the dump holds (xenrs info {dump} lists its ranges)") from None
 
 
+def _before_at_va(kw: dict[str, Any], size: int) -> tuple[int, bytes]:
+    from xenrs_cli.cli.vaddr import before_at_va, paging_from
+
+    if kw["from_dump"] is None:
+        raise UsageError("--va needs --from-dump (the page tables are in the dump)")
+    if kw["gpa"] is not None or kw["split"]:
+        raise UsageError("--va and --gpa/--split are exclusive")
+    return before_at_va(kw["from_dump"], kw.get("dump_format") or "auto", kw["va"], size,
+                        paging_from(kw["cr3"], kw["cpu_index"], kw["paging"]))
+
+
 def scenario_from_options(**kw: Any):
     """The :class:`~xenrs_cli.simulate.Scenario` the options describe (extra keys ignored)."""
     from xenrs_cli import simulate as sim
@@ -131,9 +147,14 @@ def scenario_from_options(**kw: Any):
 
     _check_combinations(kw)
     layout = LAYOUTS[kw["layout"]]
-    gpa = _resolve_gpa(kw["gpa"], kw["split"], kw["layout"])
     before = None
-    if kw["from_dump"] is not None:
+    if kw.get("va") is not None:
+        gpa, before = _before_at_va(kw, layout.size)
+    else:
+        if any(kw.get(k) is not None for k in ("cr3", "cpu_index", "paging")):
+            raise UsageError("--cr3, --cpu and --paging apply to --va")
+        gpa = _resolve_gpa(kw["gpa"], kw["split"], kw["layout"])
+    if kw["from_dump"] is not None and before is None:
         before = _read_before(kw["from_dump"], kw.get("dump_format") or "auto", gpa, layout.size)
     if kw["transition"] is not None:
         start = decode(layout, before) if before is not None else sim.DEFAULT_VALUES

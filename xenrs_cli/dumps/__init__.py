@@ -17,21 +17,26 @@ from typing import Any
 from xenrs_cli.address_space import AddressSpace
 from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.errors import UsageError
-from xenrs_cli.files import MappedFile, open_readonly
+from xenrs_cli.files import MappedFile, MappedFileGroup, open_readonly
 
 # name -> module path; each module has sniff(buf) -> bool and load(mapped, base) -> Dump.
 FORMATS: dict[str, str] = {
     "raw": "xenrs_cli.dumps.raw",
     "elf": "xenrs_cli.dumps.elf",
     "kdump": "xenrs_cli.dumps.kdump",
+    "xen-core": "xenrs_cli.dumps.xen_core",
+    "lime": "xenrs_cli.dumps.lime",
 }
 # formats with a signature, tried in this order before falling back to raw
-SNIFF_ORDER: tuple[str, ...] = ("elf", "kdump")
+# (``xen-core`` before ``elf``: an xl dump-core file is an ELF core whose GPAs are not p_paddr)
+SNIFF_ORDER: tuple[str, ...] = ("xen-core", "elf", "kdump", "lime")
 # The leading bytes each of them starts with: detect() imports a reader (and pays for its
 # construct declarations) only when they match, so a raw image decodes at raw-image cost.
 MAGIC: dict[str, tuple[bytes, ...]] = {
     "elf": (b"\x7fELF",),
     "kdump": (b"KDUMP   ", b"makedumpfile\0"),
+    "xen-core": (b"\x7fELF",),
+    "lime": (b"EMiL", b"AVML"),
 }
 
 
@@ -42,7 +47,7 @@ class Dump:
     name: str
     format: str
     space: AddressSpace
-    file: MappedFile
+    file: MappedFile | MappedFileGroup
     variant: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     # Each vCPU's control registers, where the file records them (SPEC §8's CR3 and paging mode).
@@ -103,7 +108,12 @@ def detect(buf) -> str:
 
 
 def open_dump(spec: str, fmt: str = "auto") -> Dump:
-    """Open ``spec`` (``path``, ``path@0xBASE`` or ``-``) read-only as a dump."""
+    """Open ``spec`` (``path``, ``path@0xBASE``, ``-``, or raw images ``a@0x0,b@0x100000000``)
+    read-only as a dump. A path that exists as written (with a comma in it) is taken literally."""
+    if "," in spec and not os.path.exists(spec):
+        from xenrs_cli.dumps import multi_raw
+
+        return multi_raw.open_images(spec, fmt)
     path, base = split_base(spec)
     if fmt not in ("auto", *FORMATS):
         raise UsageError(f"unknown dump format {fmt!r} (choose from auto, {', '.join(FORMATS)})")

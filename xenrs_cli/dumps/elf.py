@@ -10,7 +10,8 @@ assumes ``sizeof(Elf64_Ehdr)`` (makedumpfile's ``get_elf64_phdr``) finds no prog
 Notes (``PT_NOTE``) feed ``info``: the vCPU count from ``CORE``/``NT_PRSTATUS``, QEMU's per-vCPU
 ``QEMUCPUState`` (target/i386/arch_dump.c ``qemu_get_cpustate``), and ``VMCOREINFO``. An ELF
 whose section headers name ``.xen_pages``/``.xen_p2m``/``.xen_pfn`` is Xen's ``xl dump-core``
-(tools/libs/guest/xg_core.c), whose GPAs are not ``p_paddr``: it is refused, never misread.
+(tools/libs/guest/xg_core.c), whose GPAs are not ``p_paddr``: ``xen_core`` reads it (detection
+tries it first); forced through this reader it is refused, never misread.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from construct import (Bytes, Int16ub, Int16ul, Int32ub, Int32ul, Int64ub,
                        Int64ul, Struct)
 
 from xenrs_cli.address_space import GPA_LIMIT, AddressSpace, LinearSegment, Segment, ZeroSegment
+from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.dumps import Dump
 from xenrs_cli.binary import parse
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
@@ -64,7 +66,7 @@ def structs(is64: bool, little: bool) -> dict[str, Struct]:
     return {"ehdr": ehdr, "phdr": phdr, "shdr": shdr, "nhdr": nhdr}
 
 
-def _ident(buf) -> tuple[bool, bool] | None:
+def elf_ident(buf) -> tuple[bool, bool] | None:
     """(is64, little) of an ELF file, or ``None`` if ``buf`` is not ELF."""
     if bytes(buf[:4]) != ELF_MAGIC:
         return None
@@ -79,7 +81,7 @@ def _ident(buf) -> tuple[bool, bool] | None:
 
 def sniff(buf) -> bool:
     """True for an ELF core; raises for an ELF that is not one (or is Xen's dump-core)."""
-    ident = _ident(buf)
+    ident = elf_ident(buf)
     if ident is None:
         return False
     _check_core(buf, *ident)
@@ -100,21 +102,27 @@ def _check_core(buf, is64: bool, little: bool) -> Any:
     return eh
 
 
-def _section_names(buf, eh, is64: bool, little: bool) -> list[str]:
-    """Names of the section headers (empty when there are none or they are unreadable:
-    sections are optional in a core file and only used to recognise ``xl dump-core``)."""
+def section_headers(buf, eh, is64: bool, little: bool) -> list[tuple[str, Any]]:
+    """``(name, Elf_Shdr)`` of every section header (at most 256: the files xenrs reads have a
+    handful); raises :class:`BadDumpError` where the headers or their names are unreadable."""
     shdr = structs(is64, little)["shdr"]
     if eh.e_shoff == 0 or eh.e_shnum == 0 or eh.e_shstrndx >= eh.e_shnum:
         return []
+    strtab = parse(shdr, buf, eh.e_shoff + eh.e_shstrndx * shdr.sizeof(), "section header")
+    # names are short: never copy more than 64 KiB, whatever a corrupt sh_size says
+    table = bytes(buf[strtab.sh_offset:strtab.sh_offset + min(strtab.sh_size, 1 << 16)])
+    out = []
+    for i in range(min(eh.e_shnum, 256)):
+        sh = parse(shdr, buf, eh.e_shoff + i * shdr.sizeof(), f"section header {i}")
+        out.append((table[sh.sh_name:].split(b"\0", 1)[0].decode("ascii", "replace"), sh))
+    return out
+
+
+def _section_names(buf, eh, is64: bool, little: bool) -> list[str]:
+    """Names of the section headers (empty when there are none or they are unreadable:
+    sections are optional in a core file and only used to recognise ``xl dump-core``)."""
     try:
-        strtab = parse(shdr, buf, eh.e_shoff + eh.e_shstrndx * shdr.sizeof(), "section header")
-        # names are short: never copy more than 64 KiB, whatever a corrupt sh_size says
-        table = bytes(buf[strtab.sh_offset:strtab.sh_offset + min(strtab.sh_size, 1 << 16)])
-        names = []
-        for i in range(min(eh.e_shnum, 256)):
-            sh = parse(shdr, buf, eh.e_shoff + i * shdr.sizeof(), "section header")
-            names.append(table[sh.sh_name:].split(b"\0", 1)[0].decode("ascii", "replace"))
-        return names
+        return [name for name, _ in section_headers(buf, eh, is64, little)]
     except BadDumpError:
         return []
 
@@ -187,7 +195,7 @@ def load_segments(buf, size: int, phdrs: list) -> tuple[list[Segment], list[dict
 
 def load(mapped: MappedFile, base: int = 0) -> Dump:
     buf = mapped.buf
-    ident = _ident(buf)
+    ident = elf_ident(buf)
     if ident is None:
         raise BadDumpError("not an ELF file (no \\x7fELF magic)", offset=0)
     is64, little = ident
@@ -209,7 +217,8 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
         "pt_loads": loads,
     }
     details.update(summarise_notes(raw_notes, little))
-    return Dump(mapped.name, "elf", AddressSpace(segs), mapped, details["elf_class"], details)
+    return Dump(mapped.name, "elf", AddressSpace(segs), mapped, details["elf_class"], details,
+                cpus=cpu_states(raw_notes, little))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,13 +290,45 @@ def summarise_notes(notes: list[tuple[str, int, bytes]], little: bool) -> dict[s
     return out
 
 
+EFER_LME, EFER_LMA = 1 << 8, 1 << 10
+
+
+def cpu_states(notes: list[tuple[str, int, bytes]], little: bool) -> tuple[CpuState, ...]:
+    """Each vCPU's control registers (SPEC §8): QEMU notes carry CR0/CR3/CR4; ``NT_PRSTATUS``
+    (``elf_prstatus.pr_reg``, user registers only) carries none, so its vCPUs have ``None``."""
+    if not little:
+        return ()
+    qemu = [d for name, t, d in notes if name == "QEMU" and t == 0]
+    out = []
+    for i, desc in enumerate(qemu):
+        if len(desc) < QEMU_CPU_STATE.sizeof():
+            out.append(CpuState(i, source="QEMU note (too short)"))
+            continue
+        s = QEMU_CPU_STATE.parse(desc[:QEMU_CPU_STATE.sizeof()])
+        out.append(CpuState(i, s.cr0, s.cr3, s.cr4, _infer_efer(s), "QEMU note"))
+    if out:
+        return tuple(out)
+    n = sum(1 for name, t, _ in notes if name == "CORE" and t == NT_PRSTATUS)
+    return tuple(CpuState(i, source="NT_PRSTATUS") for i in range(n))
+
+
+def _infer_efer(s) -> int | None:
+    """EFER's long-mode bits, which QEMUCPUState lacks, where the other registers decide them:
+    a CS with the L bit runs 64-bit code, so LMA is set (SDM 5.2.1); without CR0.PG or CR4.PAE
+    long mode is impossible. A 32-bit CS under paging with PAE is legacy PAE or compatibility
+    mode: undecided (``None``)."""
+    if s.cr0 & CR0_PG and s.cr4 & CR4_PAE and s.cs.flags & DESC_L_MASK:
+        return EFER_LME | EFER_LMA
+    if not s.cr0 & CR0_PG or not s.cr4 & CR4_PAE:
+        return 0
+    return None
+
+
 def _qemu_cpu(index: int, desc: bytes) -> dict[str, Any]:
     if len(desc) < QEMU_CPU_STATE.sizeof():
         return {"vcpu": index, "error": f"QEMU note of {len(desc)} bytes, too short"}
     s = QEMU_CPU_STATE.parse(desc[:QEMU_CPU_STATE.sizeof()])
-    # Long mode is not in QEMUCPUState (no EFER): 64-bit code needs CR0.PG, CR4.PAE and a CS
-    # with the L bit (Intel SDM 5.2.1); a 32-bit CS under LMA (compat mode) reads as protected.
-    if s.cr0 & CR0_PG and s.cr4 & CR4_PAE and s.cs.flags & DESC_L_MASK:
+    if _infer_efer(s):  # long mode, as the CS L bit says (compat mode reads as protected)
         mode = "long (64-bit)"
     elif s.cr0 & CR0_PE:
         mode = "protected"

@@ -29,7 +29,7 @@ from construct import Bytes, Int32sl, Int32ul, Int64sl, Int64ul, Struct
 from xenrs_cli.address_space import PAGE_SIZE, AddressSpace, Extent, Segment, Status
 from xenrs_cli.dumps import Dump, codecs, flattened
 from xenrs_cli.binary import compiled, parse
-from xenrs_cli.dumps.elf import parse_notes, summarise_notes
+from xenrs_cli.dumps.elf import cpu_states, parse_notes, summarise_notes
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
 from xenrs_cli.files import MappedFile
 
@@ -361,13 +361,14 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     compression = codecs.names(h.status) or ["none"]
     details = _details(h, sub, variant, container, max_mapnr, compression)
     details["page_counts"] = _page_counts(pages, max_mapnr, dumped, n_dumped, desc_at)
-    details.update(_notes(data, h, sub))
+    notes = _note_list(data, h, sub)
+    details.update(_notes(data, h, sub, notes))
     if h.nr_cpus > 0:
         details["vcpus"] = h.nr_cpus
     if container == "flattened":
         details["flattened_records"] = data.records
     return Dump(mapped.name, "kdump", AddressSpace(segs, bs), mapped,
-                f"{container}, {'+'.join(compression)}", details)
+                f"{container}, {'+'.join(compression)}", details, cpus=cpu_states(notes, True))
 
 
 def _details(h, sub, variant: str, container: str, max_mapnr: int,
@@ -420,10 +421,15 @@ def _page_counts(pages: Pages, max_mapnr: int, dumped: int, n_dumped: int,
     return counts
 
 
-def _notes(data, h, sub) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _note_list(data, h, sub) -> list[tuple[str, int, bytes]]:
     if h.header_version >= 4 and sub.size_note:
-        notes = parse_notes(data, sub.offset_note, sub.size_note, True, "kdump notes")
+        return parse_notes(data, sub.offset_note, sub.size_note, True, "kdump notes")
+    return []
+
+
+def _notes(data, h, sub, notes: list[tuple[str, int, bytes]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if notes:
         out.update(summarise_notes(notes, True))
     if h.header_version >= 3 and sub.size_vmcoreinfo and "vmcoreinfo" not in out:
         at = sub.offset_vmcoreinfo

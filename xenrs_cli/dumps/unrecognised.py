@@ -3,9 +3,10 @@
 Checked before falling back to ``raw`` so that a migration stream or a compressed file gets a
 clear error instead of garbage decodes. Signatures: QEMU ``migration/savevm.c``
 (``QEMU_VM_FILE_MAGIC`` "QEVM"), libvirt ``qemu_saveimage.h`` ("LibvirtQemudSave"/"Part"),
-Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), the pre-kdump ``DISKDUMP``
-format, and common compressors. Xen ``xl dump-core`` is an ELF file: the ELF sniffer recognises
-it by its section names and calls :func:`refuse_xen_dump_core`.
+Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), VMware checkpoint states (crash
+``vmware_vmss.h``), the pre-kdump ``DISKDUMP`` format, and common compressors. Xen
+``xl dump-core`` is an ELF file that ``xen_core`` reads; the ELF reader, when forced onto one,
+recognises it by its section names and calls :func:`refuse_xen_dump_core`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ _NOT_MEMORY = ("give a memory dump: QMP dump-guest-memory, virsh dump --memory-o
 _MEMORY_ONLY = ("take a memory-only dump instead: virsh dump --memory-only --format elf DOMAIN "
                 "FILE, or QMP dump-guest-memory")
 
+# crash vmware_vmss.h CPTDUMP_{OLD_,,PARTIAL_,RESTORED_,NORESTORE_}MAGIC_NUMBER (u32 at 0)
+_VMWARE_MAGICS = (0xBED0BED0, 0xBED2BED2, 0xBED3BED3, 0xBAD1BAD1, 0xBAD2BAD2)
+_VMWARE = ("convert it and its .vmem with VMware's vmss2core (vmss2core -N6 FILE.vmss FILE.vmem "
+           "writes an ELF core, vmss.core, which xenrs reads)")
+
 SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
     (b"QEVM", "a QEMU migration stream (savevm / migrate to file)", _MEMORY_ONLY),
     (b"LibvirtQemudSave", "a libvirt saved-domain image (virsh save)", _MEMORY_ONLY),
@@ -25,6 +31,8 @@ SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
      "dump with QMP dump-guest-memory without a format (ELF) instead"),
     (b"PAGEDUMP", "a 32-bit Windows crash dump (QEMU win-dmp)",
      "dump with QMP dump-guest-memory without a format (ELF) instead"),
+    *((m.to_bytes(4, "little"), "a VMware checkpoint state file (.vmss/.vmsn)", _VMWARE)
+      for m in _VMWARE_MAGICS),
     (b"DISKDUMP", "an old-style diskdump file (Red Hat diskdump/netdump)",
      "open it with crash, or take a kdump/ELF dump (makedumpfile, virsh dump --memory-only)"),
     (b"\x1f\x8b", "gzip-compressed", "decompress it first: gzip -dk FILE"),
@@ -72,10 +80,9 @@ def _is_text(head: bytes) -> bool:
 
 
 def refuse_xen_dump_core() -> None:
-    """Xen ``xl dump-core`` (tools/libs/guest/xg_core.c): an ELF core whose pages are indexed
-    by the ``.xen_p2m``/``.xen_pfn`` sections, not by ``PT_LOAD`` GPAs."""
+    """Xen ``xl dump-core`` (tools/libs/guest/xg_core.c) read as a plain ELF core: its pages are
+    indexed by the ``.xen_p2m``/``.xen_pfn`` sections, not by ``PT_LOAD`` GPAs."""
     raise UnsupportedDumpError(
-        "this is a Xen xl dump-core file (ELF with .xen_pages/.xen_p2m sections), which xenrs "
-        "does not read: dump the guest with QEMU/libvirt instead (virsh dump --memory-only "
-        "--format elf DOMAIN FILE, or QMP dump-guest-memory); crash reads xl dump-core "
-        "files (its xendump support)")
+        "this is a Xen xl dump-core file (ELF with .xen_pages/.xen_p2m sections), whose GPAs are "
+        "in its .xen_p2m/.xen_pfn table, not in program headers: read it with --dump-format "
+        "xen-core (or auto)")

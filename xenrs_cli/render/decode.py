@@ -60,14 +60,17 @@ def field_table(d: Decoded, obj: dict) -> Table:
 
 def summary(obj: dict) -> Text:
     s = Text()
-    ok = obj["consistent"]
-    s.append("sum of time[] ")
+    ok, kind = obj["consistent"], obj["accounting"]
+    s.append("accounting ")
     if ok is None:
         s.append("unknown", style="yellow")
-    elif ok:
-        s.append("= state_entry_time", style="green")
+    elif kind == "exact":
+        s.append("exact (sum of time[] = state_entry_time)", style="green")
+    elif kind == "offset":
+        s.append(f"offset (sum of time[] {_ns(obj['unaccounted'])} behind state_entry_time)",
+                 style="green" if ok else "bold red")
     else:
-        s.append(f"≠ state_entry_time (sum {obj['time_sum']:,})", style="bold red")
+        s.append(f"broken (sum of time[] {obj['time_sum']:,})", style="bold red")
     s.append(f"   steal {_ns(obj['steal'])}")
     return s
 
@@ -84,8 +87,9 @@ def pieces_table(obj: dict) -> Table:
     return t
 
 
-def hex_view(d: Decoded) -> Text:
-    """16 bytes a row, addressed by GPA; each byte in its field's colour; ``│`` at the page
+def hex_view(d: Decoded, va: int | None = None) -> Text:
+    """16 bytes a row, addressed by GPA (by ``va`` for a struct found by virtual address, whose
+    pages need not be adjacent in GPA); each byte in its field's colour; ``│`` at the page
     boundary; bytes not present shown as ``??``."""
     style_at = {}
     for f in d.layout.fields:
@@ -97,12 +101,13 @@ def hex_view(d: Decoded) -> Text:
             missing.update(range(p.offset, p.offset + p.len))
     split = d.split_at
     out = Text()
-    start = d.gpa - d.gpa % 16
-    end = d.gpa + d.layout.size
+    base = d.gpa if va is None else va
+    start = base - base % 16
+    end = base + d.layout.size
     for row in range(start, end, 16):
         out.append(f"0x{row:012x}  ", style="dim")
         for gpa in range(row, row + 16):
-            i = gpa - d.gpa
+            i = gpa - base
             sep = "│" if split is not None and i == split else " "
             if gpa % 16 == 8 and sep == " ":
                 sep = "  "
@@ -123,6 +128,8 @@ def hex_view(d: Decoded) -> Text:
     legend.append(": the flag byte (bit 63)")
     if split is not None:
         legend.append("   │: 4 KiB page boundary", style="bold red")
+    if va is not None:
+        legend.append("   addresses: virtual", style="dim")
     out.append(legend)
     return out
 
@@ -130,6 +137,15 @@ def hex_view(d: Decoded) -> Text:
 def render_decoded(d: Decoded, obj: dict, show_hex: bool) -> None:
     con = stdout()
     head = Text()
+    if obj.get("vcpu") is not None:
+        head.append(f"vCPU {obj['vcpu']}  ", style="bold")
+    if obj.get("va") is not None:  # SPEC §8: translated from a guest virtual address
+        by = f"{obj['cr3_from']}: " if obj.get("cr3_from") not in (None, "--cr3") else ""
+        head.append(f"VA {obj['va']}", style="bold")
+        from xenrs_cli.paging import MODE_NAMES
+
+        mode = MODE_NAMES[obj["paging"]]
+        head.append(f" ({by}CR3 {obj['cr3']}, {mode} paging) → ", style="dim")
     head.append(f"GPA {obj['gpa']}", style="bold")
     head.append(f"  {'64-bit' if d.layout.name == '64' else 'compat (32-bit)'}")
     head.append(" (inferred)" if d.layout_inferred else "", style="dim")
@@ -144,5 +160,5 @@ def render_decoded(d: Decoded, obj: dict, show_hex: bool) -> None:
         con.print(Text(f"! {w}", style="yellow"))
     con.print(pieces_table(obj))
     if show_hex:
-        con.print(hex_view(d))
+        con.print(hex_view(d, int(obj["va"], 16) if obj.get("va") else None))
     con.print()

@@ -48,6 +48,11 @@ def render_diff(rec: RunstateDiff, obj: dict) -> None:
         t.add_row(label, _ns(_value(b, key)), _ns(_value(a, key)), _delta(obj["delta"][key]))
     t.add_row("accounted (sum of time[])", _ns(b["time_sum"]), _ns(a["time_sum"]),
               _delta(obj["elapsed"]))
+    # 0 on KVM, the vCPU's creation time on Xen: constant for a vCPU's life (accounting_drift)
+    drift = (None if b["unaccounted"] is None or a["unaccounted"] is None
+             else a["unaccounted"] - b["unaccounted"])
+    t.add_row("unaccounted (entry - sum)", _ns(b["unaccounted"]), _ns(a["unaccounted"]),
+              "—" if drift is None else _delta(drift))
     con.print(t)
     verdicts = Text("verdicts: ")
     if not obj["verdicts"]:

@@ -31,6 +31,8 @@ def render_info(obj: dict) -> None:
     for status, n in obj["bytes"].items():
         head.add_row(Text(status, style=STATUS_STYLES.get(status, "")), _size(n))
     tables = []
+    if any(c["cr3"] is not None for c in obj.get("cpus", [])):
+        tables.append(("page tables (CR3, paging mode)", _records_table(obj["cpus"])))
     for key, value in obj["details"].items():
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             tables.append((key, _records_table(value)))  # pt_loads, notes, cpus: a table each

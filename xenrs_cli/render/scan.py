@@ -34,6 +34,10 @@ class ProgressBar:
         self._progress.update(self._task, completed=done, total=total)
 
 
+LATER_STYLE = {"advanced": "green", "unchanged": "dim", "inconsistent": "red",
+               "missing": "yellow"}
+
+
 def _ns(v: int | None) -> str:
     return "—" if v is None else f"{v / 1e9:,.3f} s"
 
@@ -60,8 +64,10 @@ class ScanTable:
         narrow = con.width < 100
         t = Table(title=f"{self.dump}: {len(self.rows)} runstate area(s)", title_justify="left",
                   header_style="bold", box=None, pad_edge=False, collapse_padding=narrow)
+        later = "later" in self.rows[0]
         columns = [("GPA", "left"), ("layout", "left"), ("state", "left"),
-                   ("entry time", "right"), ("steal", "right"), ("array", "left"),
+                   ("entry time", "right"), ("accounting", "left"), ("steal", "right"),
+                   *((("later", "left"),) if later else ()), ("array", "left"),
                    ("notes", "left")]
         for col, just in columns:
             if col == "array" and not has_array:
@@ -80,7 +86,9 @@ class ScanTable:
                 notes.append(Text(f"or {tw['layout']} at {tw['gpa']}", style="magenta"))
             array = ("" if o["array_index"] is None
                      else f"{o['array_gpa']}[{o['array_index']}/{o['array_len']}]")
-            cells = [o["gpa"], o["layout"], o["state"], _ns(o["state_entry_time"]),
-                     _ns(o["steal"])] + ([array] if has_array else []) + [Text(", ").join(notes)]
-            t.add_row(*cells)
+            t.add_row(o["gpa"], o["layout"], o["state"], _ns(o["state_entry_time"]),
+                      o["accounting"] or "—", _ns(o["steal"]),
+                      *((Text(o["later"], style=LATER_STYLE.get(o["later"], "")),) if later
+                        else ()),
+                      *((array,) if has_array else ()), Text(", ").join(notes))
         con.print(t)
