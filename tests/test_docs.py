@@ -68,7 +68,7 @@ def test_decode_record_example_is_real_output(monkeypatch):
 # written as a console example, so that it is run.
 
 QEMU_DUMP = re.compile(r"\b(d[12]\.q\w+\.[a-z0-9-]+(?:\.[a-z0-9-]+)?)")
-SYNOPSIS = re.compile(r"^xenrs \w+ .*(\[|\bDUMP\b|\bGPA\b)")
+SYNOPSIS = re.compile(r"^xenrs [\w|]+ .*(\[|\bDUMP\b|\bGPA\b)")
 NOT_RUN = ("pip ", "python3 -m venv", "python benchmarks/", "eval ", "_XENRS_COMPLETE=",
            "python tests/realxen.py")
 STATUS = re.compile(r"^echo (\$\?|\$\{PIPESTATUS\[\d\]\})$")
@@ -159,6 +159,8 @@ def workdir(tmp_path_factory) -> pathlib.Path:
         for d in ("realxen", "tests/data/realxen"):
             if re.search(rf"(^|[\s'\"]){re.escape(d)}/", README):
                 realxen.main([str(w / d)])
+    if "tests/data/realxen-domu/du1.core " in README:  # xz -dk … du1.core.xz
+        (w / "tests/data/realxen-domu/du1.core").symlink_to(realxen.path("du1.core"))
     return w
 
 
