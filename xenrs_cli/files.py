@@ -155,18 +155,26 @@ def _spool(name: str, src: BinaryIO) -> MappedFile:
         if size == 0:
             raise DumpFileError(name, "is empty (nothing was piped in)")
         tmp.flush()
+        return MappedFile(name, _map_fd(name, tmp.fileno(), size), size, tmp)
     except OSError as e:
-        tmp.close()
+        _discard(tmp)
         if e.errno in _NO_ROOM:
             raise DumpFileError(name, f"the temporary directory {tempfile.gettempdir()} is full "
                                       "(or a file size limit was reached) while spooling the "
                                       "pipe: save the dump to a file and give its path, or set "
                                       "TMPDIR to a larger file system") from None
-        raise DumpFileError(name, f"cannot read the pipe: {e.strerror or e}") from None
+        raise DumpFileError(name, f"cannot spool the pipe to a temporary file: "
+                                  f"{e.strerror or e}") from None
     except BaseException:
-        tmp.close()
+        _discard(tmp)
         raise
-    return MappedFile(name, _map_fd(name, tmp.fileno(), size), size, tmp)
+
+
+def _discard(tmp: BinaryIO) -> None:
+    # Closing flushes what the buffer still holds, which fails again on a full disk; the file
+    # is closed (and, being unlinked, gone) all the same.
+    with contextlib.suppress(OSError):
+        tmp.close()
 
 
 def _copy(name: str, src: BinaryIO, tmp: BinaryIO) -> int:
