@@ -119,3 +119,20 @@ def test_runs_cover_holes_and_segments_in_order():
                    (0x5000, 0x10, Status.PRESENT), (0x5010, 0xff0, Status.ABSENT)]
     # clipped inside a segment
     assert [(r.gpa, r.size) for r in space.runs(0x2100, 0x2200)] == [(0x2100, 0x100)]
+
+
+def test_auto_fallback_does_not_claim_a_flag_it_guessed():
+    # A broken compat record (sum ahead of the entry time) whose bytes read as 64-bit put a
+    # byte of compat time[0] with its top bit set at bit 63 of the 64-bit state_entry_time: the
+    # 64-bit reading is a guess, so no "XEN_RUNSTATE_UPDATE is set" warning comes with it.
+    times = (0x8000_0001, 5, 6, 7)
+    rec = pack("compat", 2, 1_000, times)
+    image = bytearray(3 * 4096)
+    image[4096:4096 + len(rec)] = rec
+    d = decode_at(raw_space(bytes(image)), BASE + 4096, "auto")
+    assert d.layout.name == "64" and "neither layout is plausible" in d.layout_warning
+    assert d.info.update_in_progress  # the 64-bit reading's bit 63 is set...
+    assert not any("XEN_RUNSTATE_UPDATE" in w for w in d.warnings)  # ...but not claimed
+    # read as compat on purpose, the record is what it is: broken, no flag
+    c = decode_at(raw_space(bytes(image)), BASE + 4096, "compat")
+    assert c.info.accounting.value == "broken" and not c.info.update_in_progress

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -135,3 +136,15 @@ def test_no_progress_bar_off_a_terminal(tmp_path):
     assert p.returncode == 0 and p.stdout == ""
     assert p.stderr.startswith("xenrs: scan: ") and p.stderr.count("\n") == 1  # no bar, no ANSI
     assert "\x1b" not in p.stderr
+
+
+def test_selftest_area_with_round_counters_is_found_unshifted():
+    # examples/guest.raw: the 64-bit area at 0xc0001ff1 has counters that are all multiples
+    # of 256, so its one-byte-later reading passes the rules too (as value / 256, 20 ms of
+    # entry time); the one that meets --min-entry-time is the record.
+    img = f"{pathlib.Path(__file__).parent.parent / 'examples' / 'guest.raw'}@0xc0000000"
+    r = run("scan", img, "--align", "1", "--format", "json", "-q")
+    assert [(x["gpa"], x["layout"]) for x in lines(r)] == [
+        ("0xc0001ff1", "64"), ("0xc0001ff5", "compat"), ("0xc0002404", "compat")]
+    r = run("scan", img, "--format", "json")
+    assert "0xc0001ff1 (64)" in r.stderr and "0xc0001ff2" not in r.stderr

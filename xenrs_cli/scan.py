@@ -50,7 +50,8 @@ from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUT_64, LAYOUT_COMPAT, PAGE_SIZE, Layout, RunstateInfo, decode
 from xenrs_cli.scan_rules import CLOCK, CLOCK_FACTOR, CROWD, MAX_ENTRY_TIME, UPTIME, failed_rule
 from xenrs_cli.scan_stats import ScanStats
-from xenrs_cli.scan_windows import (MAX_SIZE, REACH, SEAM, check_layout, entry_positions,
+from xenrs_cli.scan_windows import (ENTRY_MASK, MAX_SIZE, REACH, SEAM, check_layout,
+                                    entry_positions,
                                     streams, windows)
 
 DEFAULT_MIN_ENTRY_TIME = 1_000_000_000  # 1 s of guest uptime: skips near-zero noise
@@ -322,6 +323,9 @@ class Scanner:
         # Byte shifts (GPA mod 8) at which an allowed start puts state_entry_time.
         shifts = sorted({s for l, a in checks for s in range(8)
                          if (s - l.entry_offset) % a == 0})
+        # for each shift, how far before the entry time each layout read there has its state
+        state_before = {s: tuple(sorted({l.entry_offset for l, a in checks
+                                         if (s - l.entry_offset) % a == 0})) for s in shifts}
         cluster: list[_Raw] = []
         words = (opts.chunk_size + SEAM + REACH) // 8 + 1  # the largest window, in words
         scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool),
@@ -335,7 +339,8 @@ class Scanner:
                 found: list[_Raw] = []
                 below = None if opts.loose else MAX_ENTRY_TIME
                 for shift, entries, beyond in entry_positions(np, buf, gpa, shifts,
-                                                              self._threshold, scratch, below):
+                                                              self._threshold, scratch, below,
+                                                              state_before):
                     stats.candidates += int(entries.size) + beyond
                     if beyond:
                         stats.reject(UPTIME.name, beyond, [])
@@ -396,13 +401,33 @@ class Scanner:
             if not others:
                 continue
             there = min(g for g, _ in others)
-            if d > 0 and self._is_shadow(e, here, d, there):
+            if d > 0 and self._is_shadow(e, here, d, there) and not self._reportable_over(
+                    raw, e + d):
                 return others
             if d < 0 and not self._is_shadow(e + d, there, -d, here) and max(
                     self._evidence_at(g, l) for g, l in others) >= self._evidence_at(
                     here, raw.layout if here == raw.gpa else _other(raw.layout)):
                 return others
         return []
+
+    def _reportable_over(self, raw: _Raw, other: int) -> bool:
+        """Whether ``raw`` is a record a hypervisor writes that meets --min-entry-time while
+        the reading with its entry-time field at ``other`` does not: the tie-break when each
+        could be the other shifted (not with ``--loose``).
+
+        Round counters (every one a multiple of 256^k, as in hand-made test images such as
+        ``examples/guest.raw``) make a record and its k-byte-later reading shifts of each other
+        byte for byte. Real nanosecond sums practically never end in zero bytes, so the bytes
+        say the earlier is the shadow; but when only the earlier one has an entry time the user
+        asked for, it is the record (a real record that young would have to be under a second
+        old). A shadow k >= 4 bytes early has counters that are multiples of 2^32, which the
+        texture rule refuses."""
+        if self.options.loose:
+            return False
+        info = self._info(raw.gpa, raw.layout)
+        theirs = int.from_bytes(self.space.read(other, 8)[0], "little") & ENTRY_MASK
+        return (info.state_entry_time >= self._threshold > theirs
+                and failed_rule(info) is None)
 
     def _is_shadow(self, entry: int, start: int, k: int, later: int) -> bool:
         """Whether the readings with their entry-time field at ``entry`` (the earliest starting

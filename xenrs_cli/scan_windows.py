@@ -140,7 +140,9 @@ def values_at(np, buf: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
 
 def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold: int,
                      scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
-                     below: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
+                     below: int | None = None,
+                     state_before: dict[int, tuple[int, ...]] | None = None,
+                     ) -> Iterator[tuple[int, np.ndarray, int]]:
     """For each byte shift ``s`` (GPA mod 8) in ``shifts``: ``(s, positions, beyond)``, the
     ascending byte positions ``p`` of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value
     (flag bit included, so an upper bound of the entry time) is at least ``threshold`` and,
@@ -152,9 +154,11 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
     fields next to a nonzero word are read, and only at those places. Where they are many (dense
     memory: a kernel, a heap), gathering them one by one costs more than comparing every field
     of the window through one contiguous (possibly unaligned) view per shift, which is what is
-    done there. ``scratch`` is two boolean arrays and one uint64 array of at least one element
-    per word, reused across windows (fresh ones would page-fault in every window: measured 2x
-    slower).
+    done there; ``state_before`` (shift → the ``entry_offset`` of each layout read at that
+    shift) then also keeps only the fields with a ``state`` of 0..3 that many bytes before, as
+    one more comparison of the window, so that the gathers of :func:`check_layout` are few.
+    ``scratch`` is two boolean arrays and one uint64 array of at least one element per word,
+    reused across windows (fresh ones would page-fault in every window: measured 2x slower).
     """
     head = (-gpa) % 8  # bytes before the first 8-aligned GPA of the window
     words = (len(buf) - head) // 8
@@ -181,6 +185,8 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
                                                            out=scratch[1][:n])))
             np.subtract(v, lo, out=v)
             hit = np.less(v, np.uint64(below - threshold), out=scratch[0][:n])
+            if state_before and state_before.get(s):
+                _state_known(np, buf, start, hit, state_before[s], scratch[1][:n])
             yield s, start + 8 * np.flatnonzero(hit), beyond
         return
     nonzero = np.not_equal(aligned, 0, out=scratch[0][:words])
@@ -201,6 +207,23 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
             values = values_at(np, buf, pos, "<u8")
             keep = values >= lo
             yield (s, *_bounded(np, pos[keep], values[keep], below))
+
+
+def _state_known(np, buf, start: int, hit, offsets: tuple[int, ...], scratch) -> None:
+    """Clear ``hit[k]`` (field ``k`` at byte ``start + 8k``) unless, for one of ``offsets``, the
+    little-endian int32 ``offset`` bytes before it is 0..3 (a state)."""
+    n = hit.size
+    known = scratch
+    known[:] = False
+    for off in offsets:
+        first = -(-(off - start) // 8) if off > start else 0  # fields with a state in buf
+        at = start + 8 * first - off
+        count = min(n - first, (len(buf) - at - 4) // 8 + 1)
+        if count <= 0:
+            continue
+        states = np.ndarray((count,), dtype="<u4", buffer=buf, offset=at, strides=(8,))
+        known[first:first + count] |= states <= 3
+    np.logical_and(hit, known, out=hit)
 
 
 # Above one nonzero word in DENSE (in a sample of one word in SAMPLE), a window is scanned
