@@ -92,7 +92,7 @@ def _require(dest: Path, archive: Path) -> None:
     if not dest.exists() and not archive.exists():
         import pytest
 
-        pytest.skip(f"{archive.relative_to(DATA.parent)} is not in this copy of the tests "
+        pytest.skip(f"{archive.relative_to(DATA.parent.parent)} is not in this copy of the tests "
                     "(the sdist leaves the real Xen dumps out; use a git checkout)")
 
 

@@ -48,7 +48,11 @@ def test_sdist_carries_its_tests_and_they_run(dist, tmp_path):
     top = next(tmp_path.iterdir())
     for helper in ("clitools.py", "dumpwriter.py", "fixtures.py", "realxen.py"):
         assert (top / "tests" / helper).is_file(), helper
-    assert (top / "LICENSE").is_file() and (top / "examples" / "guest.raw").is_file()
+    assert (top / "LICENSE").is_file() and (top / ".ci" / "run").is_file()
+    shipped = {p.name for p in (ROOT / "examples").iterdir()}
+    assert shipped == {p.name for p in (top / "examples").iterdir()}
+    data = {p.name for p in (ROOT / "tests" / "data").iterdir() if p.is_file()}
+    assert data == {p.name for p in (top / "tests" / "data").iterdir() if p.is_file()}
     fixtures = json.loads((top / "tests/data/MANIFEST.json").read_text())["dumps"]
     assert all((top / "tests/data" / d["stored_as"]).is_file() for d in fixtures)
     # the real Xen dumps are described but not shipped (MANIFEST.in says why)
