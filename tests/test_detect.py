@@ -36,7 +36,8 @@ SAMPLES = {
 
 
 def test_registered_formats():
-    assert {"raw", "elf", "kdump", "xen-core"} <= set(FORMATS) and "raw" not in SNIFF_ORDER
+    assert {"raw", "elf", "kdump", "xen-core", "qemu-migration"} <= set(FORMATS)
+    assert "raw" not in SNIFF_ORDER and "qemu-migration" in SNIFF_ORDER
     # an xl dump-core is an ELF core: it must be recognised before the ELF reader takes it
     assert SNIFF_ORDER.index("xen-core") < SNIFF_ORDER.index("elf")
 
@@ -81,10 +82,6 @@ def test_base_is_only_for_raw(tmp_path):
 
 
 FOREIGN = [
-    (b"QEVM\x00\x00\x00\x03" + bytes(100), "a QEMU migration stream",
-     "virsh dump --memory-only --format elf"),
-    (b"LibvirtQemudSave" + bytes(100), "a libvirt saved-domain image (virsh save)",
-     "virsh dump --memory-only --format elf"),
     (b"PAGEDU64" + bytes(100), "a Windows crash dump (QEMU win-dmp)", "dump-guest-memory"),
     (b"DISKDUMP" + bytes(100), "an old-style diskdump file", "open it with crash"),
     (bytes.fromhex("d2bed2be") + bytes(100), "a VMware checkpoint state file (.vmss/.vmsn)",

@@ -225,7 +225,7 @@ def test_every_example_names_files_that_exist(workdir):
         for cmd in cmds:
             for word in shlex.split(cmd, comments=True):
                 word = word.split("@", 1)[0]
-                if re.search(r"\.(raw|elf|kdump|flat|core|txt|xxd|jsonl)$", word):
+                if re.search(r"\.(raw|elf|kdump|flat|core|mig|save|lime|avml|txt|xxd|jsonl)$", word):
                     if re.search(r"(>|tee |cp \S+ )\s*" + re.escape(word), cmd):
                         made.add(word)
                     else:

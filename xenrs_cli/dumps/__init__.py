@@ -26,10 +26,11 @@ FORMATS: dict[str, str] = {
     "kdump": "xenrs_cli.dumps.kdump",
     "xen-core": "xenrs_cli.dumps.xen_core",
     "lime": "xenrs_cli.dumps.lime",
+    "qemu-migration": "xenrs_cli.dumps.qemu_migration",
 }
 # formats with a signature, tried in this order before falling back to raw
 # (``xen-core`` before ``elf``: an xl dump-core file is an ELF core whose GPAs are not p_paddr)
-SNIFF_ORDER: tuple[str, ...] = ("xen-core", "elf", "kdump", "lime")
+SNIFF_ORDER: tuple[str, ...] = ("xen-core", "elf", "kdump", "lime", "qemu-migration")
 # The leading bytes each of them starts with: detect() imports a reader (and pays for its
 # construct declarations) only when they match, so a raw image decodes at raw-image cost.
 MAGIC: dict[str, tuple[bytes, ...]] = {
@@ -37,6 +38,7 @@ MAGIC: dict[str, tuple[bytes, ...]] = {
     "kdump": (b"KDUMP   ", b"makedumpfile\0"),
     "xen-core": (b"\x7fELF",),
     "lime": (b"EMiL", b"AVML"),
+    "qemu-migration": (b"QEVM", b"LibvirtQemudSave", b"LibvirtQemudPart"),
 }
 
 

@@ -1,12 +1,12 @@
 """Inputs that are recognisably not a memory dump xenrs reads, and what to run instead.
 
-Checked before falling back to ``raw`` so that a migration stream or a compressed file gets a
-clear error instead of garbage decodes. Signatures: QEMU ``migration/savevm.c``
-(``QEMU_VM_FILE_MAGIC`` "QEVM"), libvirt ``qemu_saveimage.h`` ("LibvirtQemudSave"/"Part"),
-Windows crash dumps ("PAGEDUMP"/"PAGEDU64", QEMU ``win-dmp``), VMware checkpoint states (crash
-``vmware_vmss.h``), the pre-kdump ``DISKDUMP`` format, and common compressors. Xen
-``xl dump-core`` is an ELF file that ``xen_core`` reads; the ELF reader, when forced onto one,
-recognises it by its section names and calls :func:`refuse_xen_dump_core`.
+Checked before falling back to ``raw`` so that a Windows crash dump or a compressed file gets a
+clear error instead of garbage decodes. Signatures: Windows crash dumps ("PAGEDUMP"/"PAGEDU64",
+QEMU ``win-dmp``), VMware checkpoint states (crash ``vmware_vmss.h``), the pre-kdump
+``DISKDUMP`` format, and common compressors. Xen ``xl dump-core`` is an ELF file that
+``xen_core`` reads; the ELF reader, when forced onto one, recognises it by its section names and
+calls :func:`refuse_xen_dump_core`. (QEMU migration streams and libvirt save images are read by
+``qemu_migration``.)
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from xenrs_cli.errors import UnsupportedDumpError
 
 _NOT_MEMORY = ("give a memory dump: QMP dump-guest-memory, virsh dump --memory-only, "
                "makedumpfile, or a raw image")
-_MEMORY_ONLY = ("take a memory-only dump instead: virsh dump --memory-only --format elf DOMAIN "
-                "FILE, or QMP dump-guest-memory")
 
 # crash vmware_vmss.h CPTDUMP_{OLD_,,PARTIAL_,RESTORED_,NORESTORE_}MAGIC_NUMBER (u32 at 0)
 _VMWARE_MAGICS = (0xBED0BED0, 0xBED2BED2, 0xBED3BED3, 0xBAD1BAD1, 0xBAD2BAD2)
@@ -24,9 +22,6 @@ _VMWARE = ("convert it and its .vmem with VMware's vmss2core (vmss2core -N6 FILE
            "writes an ELF core, vmss.core, which xenrs reads)")
 
 SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
-    (b"QEVM", "a QEMU migration stream (savevm / migrate to file)", _MEMORY_ONLY),
-    (b"LibvirtQemudSave", "a libvirt saved-domain image (virsh save)", _MEMORY_ONLY),
-    (b"LibvirtQemudPart", "a partial libvirt saved-domain image", _MEMORY_ONLY),
     (b"PAGEDU64", "a Windows crash dump (QEMU win-dmp)",
      "dump with QMP dump-guest-memory without a format (ELF) instead"),
     (b"PAGEDUMP", "a 32-bit Windows crash dump (QEMU win-dmp)",
@@ -40,7 +35,9 @@ SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
     (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first: zstd -d FILE"),
     (b"BZh", "bzip2-compressed", "decompress it first: bzip2 -dk FILE"),
     (b"\x04\x22\x4d\x18", "lz4-compressed", "decompress it first: lz4 -d FILE"),
-    (b"QFI\xfb", "a QEMU qcow2 disk image (the guest's disk, not its memory)", _MEMORY_ONLY),
+    (b"QFI\xfb", "a QEMU qcow2 disk image (the guest's disk, not its memory)",
+     "take a memory-only dump instead: virsh dump --memory-only --format elf DOMAIN FILE, or "
+     "QMP dump-guest-memory"),
     (b"\xff\xd8\xff", "a JPEG image", _NOT_MEMORY),
     (b"\x89PNG\r\n\x1a\n", "a PNG image", _NOT_MEMORY),
     (b"GIF87a", "a GIF image", _NOT_MEMORY),
