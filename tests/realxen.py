@@ -86,18 +86,30 @@ def _materialise(dest: Path, size: int, sha256: str, opener) -> Path:
     return dest
 
 
+def _require(dest: Path, archive: Path) -> None:
+    """Skip the test where the archive is not here: the sdist leaves these 42 MB out (MANIFEST.in
+    says why); a git checkout has them."""
+    if not dest.exists() and not archive.exists():
+        import pytest
+
+        pytest.skip(f"{archive.relative_to(DATA.parent.parent)} is not in this copy of the tests "
+                    "(the sdist leaves the real Xen dumps out; use a git checkout)")
+
+
 @functools.cache
 def path(name: str) -> Path:
     """Path of the decompressed real dump ``name`` (see the module docstring)."""
     if name == "du1.core":
         core = domu_manifest()["dump_core"]
         dest = cache_dir() / f"{core['sha256'][:16]}-du1.core"
+        _require(dest, DOMU / core["file"])
         return _materialise(dest, core["size"], core["sha256"],
                             lambda: lzma.open(DOMU / core["file"]))
     e = entry(name)
     dest = cache_dir() / f"{e['sha256'][:16]}-{name}"
     stored = e["stored_as"]
     archive = REALXEN / stored["file"]
+    _require(dest, archive)
     if stored["container"] == "xz":
         opener = lambda: lzma.open(archive)  # noqa: E731
     else:

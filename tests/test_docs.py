@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shlex
+import subprocess
+import sys
+
+import pytest
 
 from click.testing import CliRunner
 
@@ -48,36 +53,27 @@ def test_decode_record_example_is_real_output(monkeypatch):
     assert json.loads(r.stdout) == expected
 
 
-DUMP_ARG = re.compile(r"\.(raw|elf|kdump|flat|core|img|mig|save)(@0x[0-9a-f_]+)?$")
+# --- every example, run as a user runs it ------------------------------------------------------
+#
+# A console block (lines starting with "$ ") is run in bash from a directory laid out like the
+# repository root after the README's setup lines: examples/, tests/ and benchmarks/ as they are,
+# the QEMU dumps of tests/data decompressed under their bare names (d1.q72.elf, …) and the real
+# Xen dumps linked by tests/realxen.py. stdout
+# and stderr go to one pipe, as a terminal shows them, and the output must be what the README
+# shows under the command: "# " lines are comments, a line "…" stands for any number of lines,
+# scan's "in 0.08 s" timing is not compared. A command exits 0 unless the README follows it with
+# "$ echo $?" (or "${PIPESTATUS[0]}"), whose shown value is then compared like any output.
+# Outside console blocks only synopses (a placeholder such as DUMP, or "["), install,
+# completion, benchmark and the setup line may name a command: anything else runnable must be
+# written as a console example, so that it is run.
 
-
-REALXEN = "tests/data/realxen/"
-
-
-def runnable_here(argv: list[str]) -> bool:
-    """An example runs in the test when every dump it names is shipped in examples/ or is one
-    of the real Xen dumps (tests/data/realxen/NAME, decompressed by tests/realxen.py)."""
-    return all(a.startswith(("examples/", REALXEN)) for a in argv if DUMP_ARG.search(a))
-
-
-def real_dumps_dir(tmp_path: pathlib.Path, argv: list[str]) -> pathlib.Path | None:
-    """A directory where the example's tests/data/realxen/NAME paths exist (links to the
-    decompressed dumps, and to the rest of tests/data), so its output shows the README's paths."""
-    names = [a[len(REALXEN):] for a in argv if a.startswith(REALXEN)]
-    if not names:
-        return None
-    import realxen
-
-    data = tmp_path / "tests" / "data"
-    (data / "realxen").mkdir(parents=True, exist_ok=True)
-    for name in names:
-        link = data / "realxen" / name
-        if not link.exists():
-            link.symlink_to(realxen.path(name))
-    for f in (ROOT / "tests" / "data").iterdir():
-        if f.is_file() and not (data / f.name).exists():
-            (data / f.name).symlink_to(f)
-    return tmp_path
+QEMU_DUMP = re.compile(r"\b(d[12]\.q\w+\.[a-z0-9-]+(?:\.[a-z0-9-]+)?)")
+SYNOPSIS = re.compile(r"^xenrs [\w|]+ .*(\[|\bDUMP\b|\bGPA\b)")
+NOT_RUN = ("pip ", "python3 -m venv", "python benchmarks/", "eval ", "_XENRS_COMPLETE=",
+           "python tests/realxen.py")
+STATUS = re.compile(r"^echo (\$\?|\$\{PIPESTATUS\[\d\]\})$")
+TIMING = re.compile(r" in \d+\.\d\d s:")
+SETUP = 'for f in tests/data/d[12].*.xz; do xz -dc "$f" > "$(basename "$f" .xz)"; done'
 
 
 def code_blocks() -> list[list[str]]:
@@ -85,67 +81,152 @@ def code_blocks() -> list[list[str]]:
     for line in README.splitlines():
         if line.startswith("```"):
             if current is None:
-                current = []
+                current = [] if line.strip() in ("```", "```sh", "```console") else None
+                if current is None:
+                    current = ["\0skip"]
             else:
-                blocks.append(current)
+                if current[:1] != ["\0skip"]:
+                    blocks.append(current)
                 current = None
         elif current is not None:
             current.append(line)
     return blocks
 
 
-def console_examples() -> list[tuple[str, str]]:
-    """(command, shown output) for each ``$ xenrs ...`` line of the README's code blocks that
-    is not part of a pipeline; the output runs to the next ``$`` line or the block's end."""
+def console_examples() -> list[tuple[list[str], list[str], bool]]:
+    """(commands, shown output, status shown) per example: a command and the ``echo $?`` that
+    may follow it are one example."""
+    out: list[tuple[list[str], list[str], bool]] = []
+    for block in code_blocks():
+        if not any(l.startswith("$ ") for l in block):
+            continue
+        for line in block:
+            if line.startswith("$ "):
+                cmd = line[2:].strip()
+                if STATUS.match(cmd) and out and not out[-1][2]:
+                    out[-1] = (out[-1][0] + [cmd], out[-1][1], True)
+                else:
+                    out.append(([cmd], [], False))
+            elif not line.startswith("# ") and out:
+                out[-1][1].append(line.rstrip())
+    return [(c, _trim(s), st) for c, s, st in out]
+
+
+def _trim(lines: list[str]) -> list[str]:
+    while lines and not lines[-1]:
+        lines = lines[:-1]
+    return lines
+
+
+def commands_outside_console_blocks() -> list[str]:
     out = []
     for block in code_blocks():
-        cmd, shown = None, []
-        for line in block + ["$ end"]:
-            if line.startswith("$ "):
-                if cmd is not None:
-                    out.append((cmd, "\n".join(shown)))
-                plain = line.startswith("$ xenrs ") and not re.search(r"[|<>]|\$\(", line)
-                cmd, shown = (line[2:], []) if plain else (None, [])
-            elif cmd is not None:
-                shown.append(line.rstrip())
+        if any(l.startswith("$ ") for l in block):
+            continue
+        for line in block:
+            text = line.strip()
+            if (not text or text.startswith("#") or SYNOPSIS.match(text) or text == SETUP
+                    or text.startswith(NOT_RUN)):
+                continue
+            if re.match(r"(xenrs|for|xargs|cat|printf) ", text):
+                out.append(text)
     return out
 
 
-def test_console_examples_are_real_output(monkeypatch, tmp_path):
-    """Every console example whose dumps ship in examples/ (or are the real Xen dumps) prints
-    exactly what it shows."""
-    checked = 0
-    for cmd, shown in console_examples():
-        argv = shlex.split(cmd)[1:]
-        if not runnable_here(argv):
-            continue
-        real = real_dumps_dir(tmp_path, argv)
-        if real is None:
-            r = run_in_root(monkeypatch, argv)
-        else:
-            monkeypatch.chdir(real)
-            r = CliRunner().invoke(xenrs, argv)
-        got = "\n".join(l.rstrip() for l in r.stdout.rstrip("\n").splitlines())
-        assert got == shown.rstrip("\n"), cmd
-        checked += 1
-    assert checked >= 3
+def test_readme_has_its_setup_line():
+    assert SETUP in README
 
 
-def test_real_xen_examples_are_real_output(monkeypatch, tmp_path):
-    """The README's examples on the real Xen dumps (``realxen/...``, linked as
-    ``python tests/realxen.py realxen`` does) print exactly what they show."""
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> pathlib.Path:
+    """The repository root as the README's setup lines leave it: the QEMU dumps decompressed
+    under their bare names, the real Xen dumps linked as ``realxen/NAME`` and as
+    ``tests/data/realxen/NAME`` (``python tests/realxen.py DIR``), everything else as it is."""
+    import contextlib
+    import io
+
     import realxen
+    from fixtures import fixture_path
 
-    realxen.main([str(tmp_path / "realxen")])
-    checked = 0
-    for cmd, shown in console_examples():
-        argv = shlex.split(cmd)[1:]
-        if not any(a.startswith("realxen/") for a in argv):
-            continue
-        monkeypatch.chdir(tmp_path)
-        r = CliRunner().invoke(xenrs, argv)
-        assert r.exit_code == 0, (cmd, r.stderr)
-        got = "\n".join(l.rstrip() for l in r.stdout.rstrip("\n").splitlines())
-        assert got == shown.rstrip("\n"), cmd
-        checked += 1
-    assert checked >= 4
+    w = tmp_path_factory.mktemp("readme")
+    for sub in ("examples", "benchmarks"):
+        (w / sub).symlink_to(ROOT / sub)
+    _mirror(ROOT / "tests", w / "tests")
+    for name in sorted(set(QEMU_DUMP.findall(README))):
+        if not name.endswith(".xz"):
+            (w / name).symlink_to(fixture_path(name))
+    with contextlib.redirect_stdout(io.StringIO()):
+        for d in ("realxen", "tests/data/realxen"):
+            if re.search(rf"(^|[\s'\"]){re.escape(d)}/", README):
+                realxen.main([str(w / d)])
+    if "tests/data/realxen-domu/du1.core " in README:  # xz -dk … du1.core.xz
+        (w / "tests/data/realxen-domu/du1.core").symlink_to(realxen.path("du1.core"))
+    return w
+
+
+def _mirror(src: pathlib.Path, dst: pathlib.Path) -> None:
+    """``dst`` as a tree of directories whose files link to ``src``'s (so links can be added)."""
+    dst.mkdir()
+    for entry in src.iterdir():
+        if entry.is_dir() and entry.name != "__pycache__":
+            _mirror(entry, dst / entry.name)
+        elif entry.is_file():
+            (dst / entry.name).symlink_to(entry)
+
+
+def _bash(w: pathlib.Path, script: str) -> str:
+    env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")
+    env.pop("COLUMNS", None)
+    env.pop("NO_COLOR", None)
+    r = subprocess.run(["bash", "-c", "exec 2>&1\n" + script], cwd=w, capture_output=True,
+                       text=True, env=env, timeout=300)
+    return r.stdout
+
+
+def _matches(got: list[str], shown: list[str]) -> bool:
+    """``shown`` with each "…" line standing for any run of lines."""
+    if not shown:
+        return not got
+    if shown[0] in ("…", "..."):
+        return any(_matches(got[i:], shown[1:]) for i in range(len(got) + 1))
+    return bool(got) and got[0] == shown[0] and _matches(got[1:], shown[1:])
+
+
+def test_console_examples_are_real_output(workdir):
+    """Every console example prints exactly what the README shows, stderr and status included."""
+    examples = console_examples()
+    assert len(examples) >= 30
+    script = []
+    for i, (cmds, _, status_shown) in enumerate(examples):
+        script.append(f"printf '\\036%d\\n' {i}")
+        script.append(cmds[0])
+        if status_shown:
+            script += cmds[1:]
+        else:
+            script.append("__s=$?; [ $__s = 0 ] || echo \"(exit $__s)\"")
+    parts = _bash(workdir, "\n".join(script)).split("\x1e")[1:]
+    assert len(parts) == len(examples), parts[-1:]
+    for (cmds, shown, _), part in zip(examples, parts):
+        got = [l.rstrip() for l in part.split("\n", 1)[1].splitlines()]
+        got = [TIMING.sub(" in N s:", l) for l in _trim(got)]
+        want = [TIMING.sub(" in N s:", l) for l in shown]
+        assert _matches(got, want), (cmds, "\n".join(got))
+
+
+def test_every_runnable_line_is_a_console_example():
+    assert commands_outside_console_blocks() == []
+
+
+def test_every_example_names_files_that_exist(workdir):
+    """No vm.elf or gpas.txt: a file an example reads is in the repository (or made by an
+    example before it: copy.raw, after.raw, patch.xxd)."""
+    made = set()
+    for cmds, _, _ in console_examples():
+        for cmd in cmds:
+            for word in shlex.split(cmd, comments=True):
+                word = word.split("@", 1)[0]
+                if re.search(r"\.(raw|elf|kdump|flat|core|mig|save|lime|avml|txt|xxd|jsonl)$", word):
+                    if re.search(r"(>|tee |cp \S+ )\s*" + re.escape(word), cmd):
+                        made.add(word)
+                    else:
+                        assert word in made or (workdir / word).exists(), (word, cmd)

@@ -188,7 +188,7 @@ DOC = _ROOT / "README.md"
 def test_doc_race_table_is_real_output(runner):
     text = DOC.read_text()
     block = text.split("$ xenrs race --model kvm-6.1 --gpa 0xc0001034 --format table\n", 1)[1]
-    shown = block.split("```", 1)[0].rstrip("\n")
+    shown = block.split("```", 1)[0].split("\n$ ", 1)[0].rstrip("\n")  # up to `$ echo $?`
     r = run(runner, "race", "--model", "kvm-6.1", "--gpa", "0xc0001034", "--format", "table")
     got = "\n".join(line.rstrip() for line in r.stdout.rstrip("\n").splitlines())
     assert got == shown

@@ -61,14 +61,15 @@ class MissingCodecError(InputError):
 class UnmappedAddressError(InputError):
     """Bytes that a read needs are not present in the dump."""
 
-    def __init__(self, gpa: int, size: int, status: str, detail: str = "") -> None:
+    def __init__(self, gpa: int, size: int, status: str, detail: str = "",
+                 hint: str = "use --allow-missing to decode what is there") -> None:
         end = gpa + size - 1
         tail = f" ({detail})" if detail else ""
-        super().__init__(f"GPA 0x{gpa:x}-0x{end:x} is {status} in the dump{tail}; "
-                         "use --allow-missing to decode what is there")
+        super().__init__(f"GPA 0x{gpa:x}-0x{end:x} is {status} in the dump{tail}; {hint}")
         self.gpa = gpa
         self.size = size
         self.status = status
+        self.detail = detail
 
 
 class DumpChangedError(BadDumpError):

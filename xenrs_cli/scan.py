@@ -340,8 +340,9 @@ class Scanner:
                 below = None if opts.loose else MAX_ENTRY_TIME
                 for shift, entries, beyond in entry_positions(np, buf, gpa, shifts,
                                                               self._threshold, scratch, below,
-                                                              state_before):
-                    stats.candidates += int(entries.size) + beyond
+                                                              state_before, core_len):
+                    # fields of the core only: those of the tail are the next window's
+                    stats.candidates += int(np.searchsorted(entries, core_len)) + beyond
                     if beyond:
                         stats.reject(UPTIME.name, beyond, [])
                     for layout, align in checks:

@@ -138,12 +138,13 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
                      scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
                      below: int | None = None,
                      state_before: dict[int, tuple[int, ...]] | None = None,
-                     ) -> Iterator[tuple[int, np.ndarray, int]]:
+                     counted: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
     """For each byte shift ``s`` (GPA mod 8) in ``shifts``: ``(s, positions, beyond)``, the
     ascending byte positions ``p`` of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value
     (flag bit included, so an upper bound of the entry time) is at least ``threshold`` and,
     with ``below``, whose value without the flag bit is under ``below``; ``beyond`` counts the
-    fields that reach ``threshold`` but not that bound.
+    fields that reach ``threshold`` but not that bound, among those that start before byte
+    ``counted`` (the window's core: the fields of its tail are the next window's to count).
 
     One pass over the window finds the nonzero aligned words. Where they are few (sparse memory:
     zero pages), an 8-byte field at shift ``s > 0`` overlaps words ``w`` and ``w + 1``, so only
@@ -177,8 +178,8 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
             # lo <= value without the flag < below, as one unsigned comparison of value - lo;
             # elementwise, as most dense fields are pointers or text far above the bound
             v = np.bitwise_and(fields, np.uint64(ENTRY_MASK), out=scratch[2][:n])
-            beyond = int(np.count_nonzero(np.greater_equal(v, np.uint64(below),
-                                                           out=scratch[1][:n])))
+            far = np.greater_equal(v, np.uint64(below), out=scratch[1][:n])
+            beyond = int(np.count_nonzero(far[:_fields_before(counted, start, n)]))
             np.subtract(v, lo, out=v)
             hit = np.less(v, np.uint64(below - threshold), out=scratch[0][:n])
             if state_before and state_before.get(s):
@@ -202,7 +203,7 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
         if pos.size:
             values = values_at(np, buf, pos, "<u8")
             keep = values >= lo
-            yield (s, *_bounded(np, pos[keep], values[keep], below))
+            yield (s, *_bounded(np, pos[keep], values[keep], below, counted))
 
 
 def _state_known(np, buf, start: int, hit, offsets: tuple[int, ...], scratch) -> None:
@@ -228,14 +229,22 @@ DENSE = 16
 SAMPLE = 64
 
 
-def _bounded(np, pos, values, below: int | None) -> tuple[np.ndarray, int]:
+def _fields_before(counted: int | None, start: int, n: int) -> int:
+    """How many of the fields at ``start + 8k`` (k < n) start before byte ``counted``."""
+    return n if counted is None else max(0, min(n, -(-(counted - start) // 8)))
+
+
+def _bounded(np, pos, values, below: int | None,
+             counted: int | None) -> tuple[np.ndarray, int]:
     """The positions whose value without the flag bit is under ``below`` (all when ``None``),
-    and how many were not."""
+    and how many of those before ``counted`` were not."""
     if below is None:
         return pos, 0
     ok = (values & np.uint64(ENTRY_MASK)) < np.uint64(below)
-    kept = pos[ok]
-    return kept, int(pos.size - kept.size)
+    far = pos[~ok]
+    if counted is not None:
+        far = far[far < counted]
+    return pos[ok], int(far.size)
 
 
 ENTRY_MASK = ~XEN_RUNSTATE_UPDATE & (2**64 - 1)

@@ -37,23 +37,59 @@ class GpaType(click.ParamType):
 
 
 class NumberType(click.ParamType):
-    """A non-negative integer: hex or decimal, ``_`` allowed."""
+    """A non-negative integer below ``limit``: hex or decimal, ``_`` allowed."""
 
     name = "N"
+
+    def __init__(self, limit: int = 1 << 64, limit_text: str = "2^64 (a u64)") -> None:
+        self.limit = limit
+        self.limit_text = limit_text
 
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
         try:
-            return parse_number(value)
+            number = parse_number(value)
         except ValueError:
             self.fail(f"{value!r} is not a non-negative number (0x hex or decimal, '_' allowed)",
                       param, ctx)
+        if number >= self.limit:
+            self.fail(f"{value!r} is too large: it must be below {self.limit_text}", param, ctx)
+        return number
+
+
+# Prefixed by the ``xenrs`` group to ``-@BASE`` so that click takes it for an argument.
+STDIN_MARK = "\0"
+
+
+class PathType(click.ParamType):
+    """A file name, passed through as typed (``PATH@0xBASE`` and ``-`` included; the dump and
+    output modules say what is wrong with it), whose shell completion completes file names."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def convert(self, value, param, ctx):
+        return value.removeprefix(STDIN_MARK) if isinstance(value, str) else value
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="file")]
+
+
+def is_stdin(dump: str) -> bool:
+    """``-`` or ``-@0xBASE``: the dump is standard input."""
+    return dump == "-" or dump.startswith("-@")
 
 
 GPA = GpaType()
 GPA_OR_STDIN = GpaType(allow_stdin=True)
 NUMBER = NumberType()
+# A state_entry_time with XEN_RUNSTATE_UPDATE (bit 63) cleared is below 2^63.
+ENTRY_TIME = NumberType(1 << 63, "2^63 (state_entry_time without its flag bit)")
+DUMP = PathType("DUMP")
+FILE = PathType("FILE")
 
 
 def _set_quiet(ctx, param, value):
@@ -73,7 +109,7 @@ def common_options(f: Callable) -> Callable:
             return f(*args, **kwargs)
         return _into_file(output, f, args, kwargs)
 
-    run = click.option("-o", "--output", metavar="FILE", default=None,
+    run = click.option("-o", "--output", type=FILE, default=None,
                        help="Write the results to FILE instead of stdout, atomically: it is "
                             "replaced only if the command succeeds (exit 0 or 1).")(run)
     run = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
@@ -93,7 +129,6 @@ class _Discard(Exception):
 
 def _into_file(path: str, f: Callable, args, kwargs):
     """Run the command with stdout sent to ``path`` through :func:`files.atomic_write`."""
-    from xenrs_cli.errors import UsageError
     from xenrs_cli.files import atomic_write
 
     saved = sys.stdout
@@ -105,8 +140,6 @@ def _into_file(path: str, f: Callable, args, kwargs):
                 raise _Discard(code)
     except _Discard as d:
         return d.code
-    except (FileNotFoundError, IsADirectoryError, PermissionError, NotADirectoryError) as e:
-        raise UsageError(f"--output {path}: {e.strerror or e}") from None
     finally:
         sys.stdout = saved
     return code
@@ -185,10 +218,14 @@ class CsvEmitter:
 
 
 def read_stdin_gpas(stream: Iterable[str]) -> Iterator[int]:
-    """GPAs from standard input: one per line, or JSON Lines with a ``gpa`` field (so that
-    ``xenrs scan … | xenrs decode DUMP --gpa -`` works); blank lines and ``#`` comments skipped."""
+    """GPAs from standard input: one per line, JSON Lines with a ``gpa`` field, or CSV with a
+    ``gpa`` column in its header (so that ``xenrs scan … | xenrs decode DUMP --gpa -`` works in
+    every format scan writes); blank lines and ``#`` comments skipped."""
+    import csv
+
     from xenrs_cli.errors import UsageError
 
+    column: int | None = None  # the gpa column, once a CSV header has been seen
     for lineno, line in enumerate(stream, 1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -199,6 +236,17 @@ def read_stdin_gpas(stream: Iterable[str]) -> Iterator[int]:
             except (ValueError, KeyError, TypeError):
                 raise UsageError(f"--gpa -: line {lineno} of stdin is JSON without a \"gpa\" "
                                  "field") from None
+        elif "," in text:
+            row = next(csv.reader([text]))
+            if column is None:
+                if "gpa" not in row:
+                    raise UsageError(f"--gpa -: line {lineno} of stdin is CSV without a \"gpa\" "
+                                     "column in a header line before it")
+                column = row.index("gpa")
+                continue
+            if column >= len(row):
+                raise UsageError(f"--gpa -: line {lineno} of stdin has no \"gpa\" column")
+            text = row[column]
         try:
             yield parse_gpa(text)
         except ValueError:
@@ -220,3 +268,33 @@ def expand_gpas(gpas: tuple) -> list[int]:
         else:
             out.append(g)
     return out
+
+
+# The fields ``decode --strict`` checks: state, the flag, and the sum rule's operands.
+_CHECKED = ("state", "state_entry_time", "time[0]", "time[1]", "time[2]", "time[3]")
+
+
+def unverified(rec, gpa: int) -> bool:
+    """``--strict`` with ``--allow-missing``: a record whose checked fields overlap missing bytes
+    cannot be vouched for, so it is a finding (exit 1), with a warning saying which fields."""
+    missing = [f for f in _CHECKED if f in rec.missing]
+    if missing:
+        warn(f"GPA 0x{gpa:x}: --strict cannot check {', '.join(missing)} (over bytes not "
+             "present in the dump): counted as a finding")
+    return bool(missing)
+
+
+def with_base_hint(e: Exception, dump, spec: str) -> str:
+    """The error, with the hint to give a raw image's base where a GPA lies beyond an image
+    read from base 0: the likely mistake is a missing ``@0xBASE``, not a missing byte."""
+    from xenrs_cli.errors import UnmappedAddressError
+
+    if (isinstance(e, UnmappedAddressError) and dump.format == "raw"
+            and dump.details.get("base") == 0 and "@" not in spec
+            and e.gpa >= dump.details.get("size", 0)):
+        size = dump.details["size"]
+        return str(UnmappedAddressError(
+            e.gpa, e.size, e.status, e.detail,
+            hint=f"this raw image, read from base 0, holds GPAs 0x0-0x{size - 1:x}: if it starts "
+                 f"at a nonzero GPA, give its base as {spec}@0xBASE"))
+    return str(e)

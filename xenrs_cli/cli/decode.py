@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import click
 
-from xenrs_cli.cli.common import (GPA_OR_STDIN, NUMBER, CsvEmitter, common_options,
+from xenrs_cli.cli.common import (DUMP, FILE, GPA_OR_STDIN, NUMBER, CsvEmitter, common_options,
                                   dump_format_option, emit_json, expand_gpas, format_option,
-                                  hypervisor_option, resolve_format, warn)
+                                  hypervisor_option, is_stdin, resolve_format, unverified, warn,
+                                  with_base_hint)
 from xenrs_cli.cli.vaddr import VA, decode_jobs, paging_from, paging_options
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
 
 @click.command()
-@click.argument("dump")
+@click.argument("dump", type=DUMP)
 @click.option("--gpa", "gpas", multiple=True, type=GPA_OR_STDIN,
               help="Guest-physical address of the area (repeatable; '-' reads GPAs from stdin, "
-                   "one per line or JSON Lines with a \"gpa\" field).")
+                   "one per line, or JSON Lines or CSV with a \"gpa\" field).")
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True,
               help="64-bit (48 bytes) or compat (44 bytes, 32-bit guest); auto infers it.")
 @click.option("--va", "vas", multiple=True, type=VA,
@@ -26,7 +27,7 @@ from xenrs_cli.layouts import LAYOUTS
 @click.option("--vcpus", is_flag=True,
               help="Decode every vCPU's area: from --symbols (Linux per-CPU xen_runstate), or "
                    "where the dump records the registered areas.")
-@click.option("--symbols", default=None, metavar="FILE",
+@click.option("--symbols", type=FILE, default=None,
               help="--vcpus: the guest kernel's System.map or /proc/kallsyms text.")
 @click.option("--kaslr-offset", type=NUMBER, default=None, metavar="OFFSET",
               help="--symbols: KASLR offset [default: from the dump's VMCOREINFO, else 0].")
@@ -35,7 +36,8 @@ from xenrs_cli.layouts import LAYOUTS
 @format_option()
 @click.option("--strict", is_flag=True,
               help="Exit 1 if a record is mid-update, has an unknown state, or has an "
-                   "accounting the --hypervisor cannot leave.")
+                   "accounting the --hypervisor cannot leave, or (with --allow-missing) cannot "
+                   "be checked for these.")
 @hypervisor_option
 @click.option("--allow-missing", is_flag=True,
               help="Decode what is in the dump; fields over missing bytes are null.")
@@ -66,7 +68,7 @@ def decode(dump: str, gpas: tuple, layout: str, vas: tuple, cr3: int | None,
 
     if not (gpas or vas or vcpus):
         raise UsageError("give the area: --gpa, --va or --vcpus")
-    if "-" in gpas and dump == "-":
+    if "-" in gpas and is_stdin(dump):
         raise UsageError("DUMP and --gpa cannot both be '-' (stdin)")
     fmt = "table" if show_hex and fmt is None else resolve_format(fmt)
     if show_hex and fmt != "table":
@@ -83,12 +85,12 @@ def decode(dump: str, gpas: tuple, layout: str, vas: tuple, cr3: int | None,
             try:
                 rec, obj = job()
             except InputError as e:
-                click.echo(f"xenrs: error: {e}", err=True)
+                click.echo(f"xenrs: error: {with_base_hint(e, d, dump)}", err=True)
                 failed = True
                 continue
             if rec.layout_warning:
                 warn(f"GPA 0x{rec.gpa:x}: {rec.layout_warning}")
-            finding |= bool(rec.findings)
+            finding |= bool(rec.findings) or (strict and unverified(rec, rec.gpa))
             out(rec, obj)
     return 3 if failed else 1 if strict and finding else 0
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import click
 
-from xenrs_cli.cli.common import (GPA_OR_STDIN, CsvEmitter, common_options, dump_format_option,
-                                  emit_json, expand_gpas, format_option, hypervisor_option,
-                                  resolve_format)
+from xenrs_cli.cli.common import (DUMP, GPA_OR_STDIN, CsvEmitter, common_options,
+                                  dump_format_option, emit_json, expand_gpas, format_option,
+                                  hypervisor_option, is_stdin, resolve_format)
 from xenrs_cli.errors import InputError, UsageError
 from xenrs_cli.layouts import LAYOUTS
 
 
 @click.command()
-@click.argument("dump1")
-@click.argument("dump2")
+@click.argument("dump1", type=DUMP)
+@click.argument("dump2", type=DUMP)
 @click.option("--gpa", "gpas", multiple=True, type=GPA_OR_STDIN,
-              help="GPA of an area (repeatable; '-' reads GPAs from stdin, one per line or "
-                   "JSON Lines with a \"gpa\" field).")
+              help="GPA of an area (repeatable; '-' reads GPAs from stdin, one per line, or "
+                   "JSON Lines or CSV with a \"gpa\" field).")
 @click.option("--scan", "use_scan", is_flag=True,
               help="Compare every area that 'xenrs scan' finds in DUMP1 (default scan options).")
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto", show_default=True,
@@ -49,9 +49,9 @@ def diff(dump1: str, dump2: str, gpas: tuple, use_scan: bool, layout: str, fmt: 
 
     if bool(gpas) == use_scan:
         raise UsageError("give --gpa (one or more) or --scan, not both and not neither")
-    if "-" in (dump1, dump2) and "-" in gpas:
+    if (is_stdin(dump1) or is_stdin(dump2)) and "-" in gpas:
         raise UsageError("a DUMP and --gpa cannot both be '-' (stdin)")
-    if dump1 == "-" and dump2 == "-":
+    if is_stdin(dump1) and is_stdin(dump2):
         raise UsageError("DUMP1 and DUMP2 cannot both be '-' (stdin)")
     fmt = resolve_format(fmt)
     with open_dump(dump1, dump_format) as d1, open_dump(dump2, dump_format) as d2:

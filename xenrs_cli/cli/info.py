@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from xenrs_cli.cli.common import (common_options, dump_format_option, emit_json, format_option,
-                                  resolve_format)
+from xenrs_cli.cli.common import (DUMP, common_options, dump_format_option, emit_json,
+                                  format_option, resolve_format)
 
 
 @click.command()
-@click.argument("dump")
+@click.argument("dump", type=DUMP)
 @format_option(("table", "json"))
 @dump_format_option
 @common_options

@@ -66,8 +66,9 @@ def _scenario(kw: dict[str, Any]):
 def race(fmt: str | None, reader: str | None, **kw: Any) -> int:
     """Check whether the guest can accept a torn snapshot while one update runs.
 
-    Explores every interleaving SPEC §5's x86-TSO model allows between the hypervisor's
-    writes (as `xenrs simulate` shows them) and Linux's xen_get_runstate_snapshot_cpu_delta().
+    Explores every interleaving the x86-TSO memory model allows between the hypervisor's
+    writes (as `xenrs simulate` shows them) and Linux's xen_get_runstate_snapshot_cpu_delta()
+    (the README's "The model, exactly" spells it out).
     If a torn copy can be accepted, prints a minimal witness. Exit 1 if torn or refused.
 
     \b
@@ -98,9 +99,10 @@ def race(fmt: str | None, reader: str | None, **kw: Any) -> int:
 
 
 @click.command()
-@scenario_options
+@scenario_options(hidden=("--gpa", "--split"))
 @click.option("--page", type=GPA, default=0xc0001000, show_default="0xc0001000",
-              help="Any GPA in the page to sweep.")
+              help="Any GPA in the page to sweep; with --from-dump, the GPA of the record "
+                   "before, which every placement starts from.")
 @click.option("--before", default=None, metavar="state=..,entry=..,...", help=_BEFORE_HELP)
 @click.option("--reader", type=click.Choice(READERS), default=None, help=_READER_HELP)
 @click.option("--all", "run_all", is_flag=True,
@@ -119,12 +121,21 @@ def sweep(fmt: str | None, page: int, reader: str | None, run_all: bool, **kw: A
       xenrs sweep --model kvm-6.1
       xenrs sweep --all --format json | jq -c '[.model, .layout, .update_flag, .torn]'
     """
+    from xenrs_cli.address_space import GPA_LIMIT
+    from xenrs_cli.layouts import PAGE_SIZE
+
     fmt = resolve_format(fmt)
     ctx = click.get_current_context()
+    if page - page % PAGE_SIZE + PAGE_SIZE >= GPA_LIMIT:
+        raise UsageError(f"--page 0x{page:x}: the last page below 2^52 cannot hold the area at "
+                         "every offset (it would end beyond 2^52)")
     for name in ("gpa", "split"):
         if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
             raise UsageError(f"--{name} does not apply to sweep, which places the area at every "
                              "offset of --page itself")
+    # --from-dump reads the record before at --page's GPA (or at --va's translation)
+    kw.update(gpa=page if kw["from_dump"] is not None and kw.get("va") is None else None,
+              split=False)
     if run_all:
         fixed = [n for n in ("model", "layout", "update_flag")
                  if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]

@@ -8,9 +8,9 @@ import time
 import click
 
 from xenrs_cli.cli import state
-from xenrs_cli.cli.common import (NUMBER, CsvEmitter, common_options, dump_format_option,
-                                  emit_json, format_option, hypervisor_option, resolve_format,
-                                  warn)
+from xenrs_cli.cli.common import (DUMP, ENTRY_TIME, CsvEmitter, common_options,
+                                  dump_format_option, emit_json, format_option, hypervisor_option,
+                                  resolve_format, warn)
 from xenrs_cli.errors import UsageError
 from xenrs_cli.layouts import LAYOUTS
 from xenrs_cli.numbers import parse_number
@@ -37,13 +37,13 @@ class GpaRangeType(click.ParamType):
 
 
 @click.command()
-@click.argument("dump")
+@click.argument("dump", type=DUMP)
 @click.option("--layout", type=click.Choice(["auto", *LAYOUTS]), default="auto",
               show_default=True, help="Layout to look for; auto looks for both.")
 @click.option("--align", type=click.Choice(["8", "4", "1"]), default=None,
               help="Alignment of a record's start GPA [default: 8 for 64, 4 for compat]; "
                    "1 finds records at any byte.")
-@click.option("--min-entry-time", type=NUMBER, default=1_000_000_000, show_default=True,
+@click.option("--min-entry-time", type=ENTRY_TIME, default=1_000_000_000, show_default=True,
               metavar="NS", help="Smallest state_entry_time (ns) a hit may have.")
 @click.option("--range", "gpa_range", type=GpaRangeType(), default=None,
               help="Only scan GPAs START..END (END exclusive); a hit lies wholly inside.")
@@ -52,7 +52,7 @@ class GpaRangeType(click.ParamType):
               help="Report every place the state, entry-time and accounting rules accept, "
                    "also what no hypervisor writes (nonzero padding, packed integers, text, "
                    "crowded pages, a clock far ahead).")
-@click.option("--later", "later", metavar="DUMP2", default=None,
+@click.option("--later", "later", type=DUMP, metavar="DUMP2", default=None,
               help="A later dump of the same guest: each hit also says whether its area "
                    "advanced, stayed unchanged, changed otherwise or is missing there.")
 @format_option()

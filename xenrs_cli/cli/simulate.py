@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from xenrs_cli.cli.common import (GPA, NUMBER, CsvEmitter, common_options, dump_format_option,
+from xenrs_cli.cli.common import (DUMP, GPA, NUMBER, CsvEmitter, common_options, dump_format_option,
                                   emit_json, resolve_format, warn)
 from xenrs_cli.cli.vaddr import VA, paging_options
 from xenrs_cli.errors import UsageError
@@ -22,62 +22,80 @@ CSV_COLUMNS = ("seq", "op", "kind", "group", "gpa", "offset", "len", "page", "da
                "why", "errno")
 
 
-def scenario_options(f: Callable) -> Callable:
-    """Every option of ``simulate`` that describes the update (reused verbatim by ``race``)."""
+def scenario_options(f: Callable | None = None, *, hidden: tuple[str, ...] = ()):
+    """Every option of ``simulate`` that describes the update (reused verbatim by ``race``;
+    ``sweep`` hides the ones that place the area, ``hidden=("--gpa", "--split")``, from its
+    help, and refuses them with the reason)."""
+    if f is None:
+        return lambda g: scenario_options(g, hidden=hidden)
     options = [
-        click.option("--model", type=click.Choice(list(MODELS)), default="kvm", show_default=True,
-                     help="kvm: Linux >= 6.2; kvm-6.1: before 5ec3289b31ab; xen: guest-virtual "
-                          "area; xen-phys: VCPUOP_register_runstate_phys_area."),
-        click.option("--layout", type=click.Choice(list(LAYOUTS)), default="64",
-                     show_default=True, help="64-bit (48 bytes) or compat (44 bytes)."),
-        click.option("--gpa", type=GPA, default=None,
-                     help="GPA of the area [default: 0xc0001020]."),
-        click.option("--split", is_flag=True,
-                     help="Place the area as the KVM selftest does: flag byte first in the next "
-                          "page (0xc0001ff1 for 64, 0xc0001ff5 for compat)."),
-        click.option("--update-flag/--no-update-flag", default=True, show_default=True,
-                     help="Use XEN_RUNSTATE_UPDATE (KVM attribute / Xen VMASST); kvm-6.1 and "
-                          "xen-phys always do."),
-        click.option("--event", type=click.Choice(list(EVENTS)), default="update",
-                     show_default=True, help="An update, or the registration of the area."),
-        click.option("--state", default=None, metavar="NAME|CODE",
-                     help="State written: running, runnable, blocked, offline or 0..3 "
-                          "[default: running]."),
-        click.option("--entry-time", type=NUMBER, default=None, metavar="NS",
-                     help="state_entry_time written [default: the sum of --time]."),
-        click.option("--time", "times", default=None, metavar="running=N,...",
-                     help="time[] written: running=N,runnable=N,blocked=N,offline=N (missing "
-                          "keys are 0) [default: 4 s, 0.2 s, 1 s, 0]."),
-        click.option("--allow-inconsistent", is_flag=True,
-                     help="Accept --entry-time != sum of time[] (KVM refuses it)."),
-        click.option("--from-dump", default=None, metavar="DUMP",
-                     help="Take the before-image from DUMP at the GPA."),
-        click.option("--va", type=VA, default=None,
-                     help="--from-dump: the area's guest virtual address; the GPA is its "
-                          "translation (what KVM takes at registration)."),
-        paging_options,
-        dump_format_option,
-        click.option("--transition", default=None, metavar="STATE",
-                     help="Derive the values as kvm_xen_update_runstate() accounts a change "
-                          "to STATE from the record before (needs --now)."),
-        click.option("--now", type=NUMBER, default=None, metavar="NS",
-                     help="kvmclock time of the --transition."),
-        click.option("--steal", type=NUMBER, default=None, metavar="NS",
-                     help="Steal time moved from running to runnable by the --transition."),
+        _opt("--model", type=click.Choice(list(MODELS)), default="kvm", show_default=True,
+             help="kvm: Linux >= 6.2; kvm-6.1: before 5ec3289b31ab; xen: guest-virtual "
+                  "area; xen-phys: VCPUOP_register_runstate_phys_area."),
+        _opt("--layout", type=click.Choice(list(LAYOUTS)), default="64",
+             show_default=True, help="64-bit (48 bytes) or compat (44 bytes)."),
+        _opt("--gpa", type=GPA, default=None,
+             help="GPA of the area [default: 0xc0001020]."),
+        _opt("--split", is_flag=True,
+             help="Place the area as the KVM selftest does: flag byte first in the next "
+                  "page (0xc0001ff1 for 64, 0xc0001ff5 for compat)."),
+        _opt("--update-flag/--no-update-flag", default=True, show_default=True,
+             help="Use XEN_RUNSTATE_UPDATE (KVM attribute / Xen VMASST); kvm-6.1 and "
+                  "xen-phys always do."),
+        _opt("--event", type=click.Choice(list(EVENTS)), default="update",
+             show_default=True, help="An update, or the registration of the area."),
+        _opt("--state", default=None, metavar="NAME|CODE",
+             help="State written: running, runnable, blocked, offline or 0..3 "
+                  "[default: running]."),
+        _opt("--entry-time", type=NUMBER, default=None, metavar="NS",
+             help="state_entry_time written [default: the sum of --time]."),
+        _opt("--time", "times", default=None, metavar="running=N,...",
+             help="time[] written: running=N,runnable=N,blocked=N,offline=N (missing "
+                  "keys are 0) [default: 4 s, 0.2 s, 1 s, 0]."),
+        _opt("--allow-inconsistent", is_flag=True,
+             help="Accept --entry-time != sum of time[] (KVM refuses it)."),
+        _opt("--from-dump", type=DUMP, default=None,
+             help="Take the before-image from DUMP at the GPA."),
+        _opt("--va", type=VA, default=None,
+             help="--from-dump: the area's guest virtual address; the GPA is its "
+                  "translation (what KVM takes at registration)."),
+        (None, paging_options),
+        (None, dump_format_option),
+        _opt("--transition", default=None, metavar="STATE",
+             help="Derive the values as kvm_xen_update_runstate() accounts a change "
+                  "to STATE from the record before (needs --now)."),
+        _opt("--now", type=NUMBER, default=None, metavar="NS",
+             help="kvmclock time of the --transition."),
+        _opt("--steal", type=NUMBER, default=None, metavar="NS",
+             help="Steal time moved from running to runnable by the --transition."),
     ]
-    for option in reversed(options):
-        f = option(f)
+    for decls, attrs in reversed(options):
+        if decls is None:  # a shared decorator
+            f = attrs(f)
+        else:
+            f = click.option(*decls, **attrs, hidden=decls[0] in hidden)(f)
     return f
 
 
+def _opt(*decls: str, **attrs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return decls, attrs
+
+
 def _resolve_gpa(gpa: int | None, split: bool, layout: str) -> int:
+    from xenrs_cli.address_space import GPA_LIMIT
     from xenrs_cli.simulate import DEFAULT_GPA, split_gpa
 
     if split and gpa is not None:
         raise UsageError("--split and --gpa are exclusive (--split places the area itself)")
     if split:
         return split_gpa(LAYOUTS[layout])
-    return DEFAULT_GPA if gpa is None else gpa
+    if gpa is None:
+        return DEFAULT_GPA
+    size = LAYOUTS[layout].size
+    if gpa + size > GPA_LIMIT:
+        raise UsageError(f"--gpa 0x{gpa:x}: the {size}-byte area would end beyond 2^52 (the "
+                         f"last GPA it can start at is 0x{GPA_LIMIT - size:x})")
+    return gpa
 
 
 def _check_combinations(kw: dict[str, Any]) -> None:
@@ -97,8 +115,17 @@ def _check_combinations(kw: dict[str, Any]) -> None:
 def _read_before(dump: str, dump_format: str, gpa: int, size: int) -> bytes:
     from xenrs_cli.dumps import open_dump
 
+    from xenrs_cli.errors import UnmappedAddressError
+
     with open_dump(dump, dump_format) as d:
-        return d.space.read_present(gpa, size)
+        try:
+            return d.space.read_present(gpa, size)
+        except UnmappedAddressError as e:
+            # not decode's --allow-missing hint: the record before must be whole
+            raise UnmappedAddressError(
+                e.gpa, e.size, e.status,
+                hint=f"--from-dump needs the whole record before at GPA 0x{gpa:x}: give a GPA "
+                     f"the dump holds (xenrs info {dump} lists its ranges)") from None
 
 
 def _before_at_va(kw: dict[str, Any], size: int) -> tuple[int, bytes]:

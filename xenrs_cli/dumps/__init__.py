@@ -85,8 +85,14 @@ def split_base(spec: str) -> tuple[str, int | None]:
 
     A path that exists as written (even with an ``@`` in it) is taken literally.
     """
+    if os.path.exists(spec):
+        return spec, None
     m = _BASE_RE.match(spec)
-    if m is None or os.path.exists(spec):
+    if m is None:
+        path, at, base = spec.rpartition("@")
+        if at and (path == "-" or os.path.exists(path)):
+            raise UsageError(f"{spec}: {base!r} is not a base address: write PATH@0xBASE with "
+                             "BASE in 0x hex or decimal ('_' allowed), 4 KiB aligned")
         return spec, None
     return m.group("path"), int(m.group("base").replace("_", ""), 0)
 

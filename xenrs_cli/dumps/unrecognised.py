@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from xenrs_cli.errors import UnsupportedDumpError
 
+_NOT_MEMORY = ("give a memory dump: QMP dump-guest-memory, virsh dump --memory-only, "
+               "makedumpfile, or a raw image")
+
 # crash vmware_vmss.h CPTDUMP_{OLD_,,PARTIAL_,RESTORED_,NORESTORE_}MAGIC_NUMBER (u32 at 0)
 _VMWARE_MAGICS = (0xBED0BED0, 0xBED2BED2, 0xBED3BED3, 0xBAD1BAD1, 0xBAD2BAD2)
 _VMWARE = ("convert it and its .vmem with VMware's vmss2core (vmss2core -N6 FILE.vmss FILE.vmem "
@@ -32,7 +35,19 @@ SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
     (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first: zstd -d FILE"),
     (b"BZh", "bzip2-compressed", "decompress it first: bzip2 -dk FILE"),
     (b"\x04\x22\x4d\x18", "lz4-compressed", "decompress it first: lz4 -d FILE"),
+    (b"QFI\xfb", "a QEMU qcow2 disk image (the guest's disk, not its memory)",
+     "take a memory-only dump instead: virsh dump --memory-only --format elf DOMAIN FILE, or "
+     "QMP dump-guest-memory"),
+    (b"\xff\xd8\xff", "a JPEG image", _NOT_MEMORY),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image", _NOT_MEMORY),
+    (b"GIF87a", "a GIF image", _NOT_MEMORY),
+    (b"GIF89a", "a GIF image", _NOT_MEMORY),
+    (b"%PDF-", "a PDF document", _NOT_MEMORY),
+    (b"PK\x03\x04", "a zip archive", "unzip it first and give the dump inside"),
 )
+# A guest's memory from GPA 0 (the real-mode vector table, zeroed pages) holds NUL bytes within
+# its first KiB; a file whose beginning is all text is a log, a note, a script.
+_TEXT_PROBE = 4096
 
 
 def refuse(buf) -> None:
@@ -44,6 +59,21 @@ def refuse(buf) -> None:
                 continue
             raise UnsupportedDumpError(f"this is {what}, not a memory dump: {todo} "
                                        "(or force --dump-format raw)")
+    if _is_text(bytes(buf[:_TEXT_PROBE])):
+        raise UnsupportedDumpError(f"this is a text file, not a memory dump: {_NOT_MEMORY} "
+                                   "(or force --dump-format raw)")
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 text in lines, without NUL or other control bytes than tab, newline, CR and form
+    feed (a page of one repeated printable byte is not text: it has no line)."""
+    if b"\n" not in head or any(b < 0x20 and b not in b"\t\n\r\f" for b in head):
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut by the probe's end is text
+        return e.start >= len(head) - 3 and e.reason == "unexpected end of data"
+    return True
 
 
 def refuse_xen_dump_core() -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 
 from xenrs_cli.decode import Decoded
-from xenrs_cli.render.console import stdout
+from xenrs_cli.render.console import Table, stdout
 
 # One colour per field, shared by the field table and the hex view.
 FIELD_STYLES = {

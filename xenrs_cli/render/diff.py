@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 
 from xenrs_cli.diff import REGRESSIONS, RunstateDiff
-from xenrs_cli.render.console import stdout
+from xenrs_cli.render.console import Table, stdout
 
 ROWS = (("state_entry_time", "state_entry_time"), ("time[0] running", "running"),
         ("time[1] runnable", "runnable"), ("time[2] blocked", "blocked"),

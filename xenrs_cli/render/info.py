@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-from rich.table import Table
 from rich.text import Text
 
-from xenrs_cli.render.console import stdout
+from xenrs_cli.render.console import Table, stdout
 from xenrs_cli.render.decode import STATUS_STYLES
 
 
@@ -50,7 +49,8 @@ def render_info(obj: dict) -> None:
     t = Table(title="extents", title_justify="left", header_style="bold", box=None,
               pad_edge=False)
     for col in ("GPA start", "GPA end", "size", "status", "file offset", "detail"):
-        t.add_column(col, justify="right" if col in ("size", "file offset") else "left")
+        t.add_column(col, justify="right" if col in ("size", "file offset") else "left",
+                     no_wrap=col != "detail")
     for e in obj["extents"]:
         foff = "—" if e["file_offset"] is None else f"0x{e['file_offset']:x}"
         t.add_row(e["gpa"], e["end"], _size(e["size"]),

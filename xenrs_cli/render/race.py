@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-from rich.table import Table
 from rich.text import Text
 
 from xenrs_cli.layouts import PAGE_SIZE, decode
 from xenrs_cli.race_report import RaceReport, field_sources, timeline, torn_fields
-from xenrs_cli.render.console import stdout
+from xenrs_cli.render.console import Table, stdout
 from xenrs_cli.render.decode import FIELD_STYLES
 
 MAP_CELLS = {"ok": (".", "green"), "refused": ("x", "dim"), "writer": ("W", "bold red"),

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
-from rich.table import Table
 from rich.text import Text
 
-from xenrs_cli.render.console import stderr, stdout
+from xenrs_cli.render.console import Table, stderr, stdout
 
 
 class ProgressBar:
@@ -58,14 +57,22 @@ class ScanTable:
         if not self.rows:
             con.print(Text(f"{self.dump}: no runstate area found", style="yellow"))
             return
+        # An 80-column terminal cannot hold every column whole: the array column goes when no
+        # hit is in an array, columns are one space apart instead of two, and array and notes
+        # wrap; GPAs and numbers never break or get cut.
+        has_array = any(o["array_index"] is not None for o in self.rows)
+        narrow = con.width < 100
         t = Table(title=f"{self.dump}: {len(self.rows)} runstate area(s)", title_justify="left",
-                  header_style="bold", box=None, pad_edge=False)
+                  header_style="bold", box=None, pad_edge=False, collapse_padding=narrow)
         later = "later" in self.rows[0]
-        for col, just in (("GPA", "left"), ("layout", "left"), ("state", "left"),
-                          ("entry time", "right"), ("accounting", "left"), ("steal", "right"),
-                          *((("later", "left"),) if later else ()), ("array", "left"),
-                          ("notes", "left")):
-            t.add_column(col, justify=just)
+        columns = [("GPA", "left"), ("layout", "left"), ("state", "left"),
+                   ("entry time", "right"), ("accounting", "left"), ("steal", "right"),
+                   *((("later", "left"),) if later else ()), ("array", "left"),
+                   ("notes", "left")]
+        for col, just in columns:
+            if col == "array" and not has_array:
+                continue
+            t.add_column(col, justify=just, no_wrap=col not in ("array", "notes"))
         for o in self.rows:
             notes = []
             if o["update_in_progress"]:
@@ -83,5 +90,5 @@ class ScanTable:
                       o["accounting"] or "—", _ns(o["steal"]),
                       *((Text(o["later"], style=LATER_STYLE.get(o["later"], "")),) if later
                         else ()),
-                      array, Text(", ").join(notes))
+                      *((array,) if has_array else ()), Text(", ").join(notes))
         con.print(t)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.table import Table
 from rich.text import Text
 
 from xenrs_cli.apply import images
 from xenrs_cli.layouts import PAGE_SIZE, Layout
-from xenrs_cli.render.console import stdout
+from xenrs_cli.render.console import Table, stdout
 from xenrs_cli.render.decode import FIELD_STYLES
 from xenrs_cli.simulate import Scenario
 from xenrs_cli.trace import Barrier, Record, Reject, Write
