@@ -10,7 +10,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from clitools import one_line_error
+from clitools import cli, one_line_error
 from xenrs_cli.cli import xenrs
 
 REC64 = struct.pack("<i4sQ4Q", 1, b"\0" * 4, 5_200_000_000, 4_000_000_000, 200_000_000,
@@ -253,3 +253,16 @@ def test_accounting_warning_says_which_way(runner, tmp_path, entry, hypervisor, 
     assert any(needle in w for w in obj["warnings"]), obj["warnings"]
     # --strict: exit 1 only for what the chosen hypervisor cannot leave
     assert r.exit_code == (0 if consistent else 1)
+
+
+def test_out_of_memory_is_an_input_error_not_a_bug(monkeypatch, tmp_path):
+    import xenrs_cli.dumps as dumps
+
+    def huge(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(dumps, "open_dump", huge)
+    p = tmp_path / "x.raw"
+    p.write_bytes(bytes(4096))
+    r = cli("decode", p, "--gpa", "0")
+    one_line_error(r, 3, "out of memory reading the dump")

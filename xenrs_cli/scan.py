@@ -17,15 +17,16 @@ How it stays fast and bounded (numpy, imported only here):
   zero bytes a record with a nonzero entry time can touch.
 * Each stream is cut into *cores* of candidate start GPAs; a core is examined through a window
   that extends 47 bytes past it, so a record that crosses a chunk, page or segment edge is seen
-  whole, and exactly once (only starts inside the core count). Inside one segment the window is
-  a zero-copy view (``Segment.read_span``); only the last few KiB before a seam are copied.
-* In a window, one vectorised pass finds the nonzero aligned 8-byte words; the 8-byte fields
-  that could be ``state_entry_time`` (one byte shift per alignment the options allow: 1 for the
-  defaults' 64, 2 with compat, 8 for ``--align 1``) are read only next to them, and only those
-  whose value reaches ``min_entry_time`` get the state and sum tests. In a dump that is mostly
-  zero pages that is a handful per window.
-* Memory: a window is at most ``chunk_size`` + 4 KiB + 47 bytes of the mapping (unmapped again
-  once scanned) plus reused boolean scratch of an eighth of that, whatever the dump size.
+  whole, and exactly once (only starts inside the core count). Windows are read with ``pread``
+  into one reused buffer (``Segment.read_into``; kdump pages decompressed on every core), never
+  through the mapping, so a dump truncated underneath ends with one line, not ``SIGBUS``.
+* In a window, one vectorised pass decides how dense it is. In sparse memory the nonzero aligned
+  8-byte words are found, and the fields that could be ``state_entry_time`` (one byte shift per
+  alignment the options allow: 1 for the defaults' 64, 2 with compat, 8 for ``--align 1``) are
+  read only next to them. In dense memory every field of a shift is compared at once through
+  one view (entry time in range, a state 0..3 before it), so that only a few are gathered for
+  the state and accounting tests of :func:`~xenrs_cli.scan_windows.check_layout`.
+* Memory: one window buffer and reused scratch arrays, whatever the dump size.
 
 One set of bytes can pass the rules as several readings; :meth:`Scanner._resolve` keeps the
 record: a reading *k* bytes early is every field × 256^k when the bytes shifted in are zero

@@ -110,6 +110,14 @@ class XenrsGroup(click.Group):
         except KeyboardInterrupt:
             _error("interrupted")
             code = 130
+        except MemoryError:
+            # The readers check what a file claims against its size before allocating; what is
+            # left is a real dump too large for this machine's memory (or address-space limit).
+            if state.traceback_wanted():
+                raise
+            _error("out of memory reading the dump: free memory or raise the process's "
+                   "address-space limit (ulimit -v), or use --range to scan a part")
+            code = 3
         except Exception as e:  # a bug: say so in one line unless asked for the traceback
             if state.traceback_wanted():
                 raise

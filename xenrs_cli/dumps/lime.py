@@ -30,7 +30,7 @@ from construct import Bytes, Int32ul, Int64ul, Struct
 from xenrs_cli.address_space import (GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, LinearSegment,
                                      Segment, Status)
 from xenrs_cli.binary import parse
-from xenrs_cli.dumps import Dump, codecs
+from xenrs_cli.dumps import Dump, codecs, source
 from xenrs_cli.errors import BadDumpError, MissingCodecError
 from xenrs_cli.files import MappedFile
 
@@ -190,7 +190,7 @@ def _snappy_stream(buf, at: int, size: int, gpa: int) -> tuple[SnappyBlock, int]
 
 
 def load(mapped: MappedFile, base: int = 0) -> Dump:
-    buf, size = mapped.buf, mapped.size
+    buf, size = source.of(mapped), mapped.size
     segs: list[Segment] = []
     blocks: list[dict[str, Any]] = []
     cur = 0

@@ -40,7 +40,7 @@ from xenrs_cli.address_space import (GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent,
                                      Segment, Status)
 from xenrs_cli.binary import parse
 from xenrs_cli.cpu_state import CpuState
-from xenrs_cli.dumps import Dump
+from xenrs_cli.dumps import Dump, source
 from xenrs_cli.dumps.elf import (ET_CORE, MACHINES, elf_ident, parse_notes, section_headers,
                                  structs)
 from xenrs_cli.errors import BadDumpError
@@ -410,7 +410,7 @@ def _header(notes) -> Any:
 
 
 def load(mapped: MappedFile, base: int = 0) -> Dump:
-    buf = mapped.buf
+    buf = source.of(mapped)
     if not sniff(buf):
         raise BadDumpError("not an xl dump-core file (no little-endian ELF64 core with "
                            f"{SEC_PAGES} and {SEC_P2M} or {SEC_PFN} sections)", offset=0)
