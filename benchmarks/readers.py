@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--no-scan", action="store_true", help="time the readers only")
     ap.add_argument("--only", default="", help="run only the cases whose name contains this")
     ap.add_argument("--runs", type=int, default=3, help="runs per measurement (the best is kept)")
+    ap.add_argument("--align1", action="store_true", help="also time scan --align 1")
     ap.add_argument("--make", help=argparse.SUPPRESS)  # internal: make the files in DIR
     args = ap.parse_args()
     RUNS[0] = args.runs
@@ -190,8 +191,8 @@ def main() -> None:
         plain, flat = (os.path.join(tmp, f"real128.{codec}.{ext}") for ext in ("kdump", "flat"))
         cases += [(f"real 128 MiB kdump plain {codec}", plain, "kdump", plain),
                   (f"real 128 MiB kdump flattened {codec}", flat, "kdump", plain)]
-    print(f"{'case':34} {'read s':>7} {'scan s':>7} {'ref s':>7} {'ref/read':>8} "
-          f"{'ref/scan':>8} {'read RSS':>9} {'scan RSS':>9}  reference")
+    print(f"{'case':34} {'read s':>7} {'scan s':>7} {'align1 s':>8} {'ref s':>7} {'ref/read':>8} "
+          f"{'ref/scan':>8} {'ref/align1':>10} {'read RSS':>9} {'scan RSS':>9}  reference")
     for name, path, kind, ref_path in cases:
         if args.only and args.only not in name:
             continue
@@ -200,6 +201,8 @@ def main() -> None:
         t_read, rss_read = python_run(READ_ALL, path)
         t_scan, rss_scan = (float("nan"), 0) if args.no_scan else best(
             [*xenrs, "scan", path, "--format", "json", "--quiet"], quiet=True)
+        t_one, _ = (float("nan"), 0) if args.no_scan or not args.align1 else best(
+            [*xenrs, "scan", path, "--align", "1", "--format", "json", "--quiet"], quiet=True)
         if kind == "numpy":
             t_ref, _ = python_run(NUMPY_PASS, ref_path)
             ref = "one numpy pass"
@@ -208,9 +211,9 @@ def main() -> None:
             ref = "libkdumpfile read-all (plain)"
         else:
             t_ref, ref = float("nan"), "libkdumpfile not installed"
-        print(f"{name:34} {t_read:7.2f} {t_scan:7.2f} {t_ref:7.2f} {t_ref / t_read:8.2f} "
-              f"{t_ref / t_scan:8.2f} {rss_read >> 20:8d}M {rss_scan >> 20:8d}M  {ref}",
-              flush=True)
+        print(f"{name:34} {t_read:7.2f} {t_scan:7.2f} {t_one:8.2f} {t_ref:7.2f} "
+              f"{t_ref / t_read:8.2f} {t_ref / t_scan:8.2f} {t_ref / t_one:10.2f} "
+              f"{rss_read >> 20:8d}M {rss_scan >> 20:8d}M  {ref}", flush=True)
     for f in os.listdir(tmp):
         os.unlink(os.path.join(tmp, f))
     os.rmdir(tmp)

@@ -1,4 +1,10 @@
-"""Throughput of ``xenrs scan`` against one numpy pass over the same mapped file.
+"""Throughput of ``xenrs scan`` against its references, on sparse, dense and real memory.
+
+First the sparse case below; then (unless ``--sparse-only``) every dense and real case of
+``benchmarks/readers.py`` — the real Xen dumps (ELF, plain and flattened kdump), 256 MiB of
+random pages as raw and ELF, and 128 MiB of real memory as a kdump with each codec, plain and
+flattened — with ``scan``, ``scan --align 1``, the reference (one numpy pass, or libkdumpfile
+reading every page of the plain file), their ratios and peak RSS.
 
 Makes a sparse 2 GiB raw dump (zero pages, 0.5 % random pages, planted 64-bit and compat
 records, some crossing pages), then in one run times: the reference pass (``np.count_nonzero``
@@ -104,6 +110,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gib", type=float, default=2.0)
     ap.add_argument("--keep", help="write the dump here and keep it")
+    ap.add_argument("--sparse-only", action="store_true", help="skip the dense and real cases")
+    ap.add_argument("--runs", type=int, default=3, help="runs per dense/real measurement")
     args = ap.parse_args()
     size = int(args.size_gib * (1 << 30)) // PAGE * PAGE
     path = args.keep or os.path.join(tempfile.mkdtemp(prefix="xenrs-bench-"), "sparse.raw")
@@ -129,6 +137,11 @@ def main() -> None:
         if not args.keep:
             os.unlink(path)
             os.rmdir(os.path.dirname(path))
+    if not args.sparse_only:
+        print(flush=True)
+        readers = os.path.join(os.path.dirname(os.path.abspath(__file__)), "readers.py")
+        subprocess.run([sys.executable, readers, "--align1", "--runs", str(args.runs)],
+                       check=True)
 
 
 if __name__ == "__main__":
