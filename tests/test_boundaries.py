@@ -43,3 +43,7 @@ def test_decode_json_path_loads_no_rich_numpy_or_codecs(tmp_path):
     loaded = loaded_after(code)
     heavy = {m.split(".")[0] for m in loaded} & {"rich", "numpy", "cramjam", "lzallright"}
     assert not heavy
+    # nor the page-table walker, the symbols or the scan: --gpa needs none of them
+    unused = {"xenrs_cli.guest_va", "xenrs_cli.paging", "xenrs_cli.symbols", "xenrs_cli.scan",
+              "xenrs_cli.scan_rules"}
+    assert not unused & set(loaded), unused & set(loaded)

@@ -79,8 +79,11 @@ def decode(dump: str, gpas: tuple, layout: str, vas: tuple, cr3: int | None,
         jobs = [lambda gpa=gpa: _record(decode_at(d.space, gpa, layout, allow_missing,
                                                   hypervisor), dump)
                 for gpa in expand_gpas(gpas)]
-        jobs += decode_jobs(d, dump, layout, allow_missing, hypervisor, vas, vcpus, symbols,
-                            kaslr_offset, cpus, paging_from(cr3, cpu_index, paging))
+        if vas or vcpus or any(v is not None for v in (symbols, kaslr_offset, cpus, cr3,
+                                                        cpu_index, paging)):
+            # the page-table walker is imported only when asked for: --gpa decodes start fast
+            jobs += decode_jobs(d, dump, layout, allow_missing, hypervisor, vas, vcpus, symbols,
+                                kaslr_offset, cpus, paging_from(cr3, cpu_index, paging))
         for job in jobs:
             try:
                 rec, obj = job()
