@@ -3,7 +3,6 @@ definitions over the same bytes held whole."""
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 

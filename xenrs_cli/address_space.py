@@ -135,7 +135,19 @@ class Segment:
             cur = stop
 
 
-class LinearSegment(Segment):
+class PresentSegment(Segment):
+    """A segment whose bytes are all stored (raw, ELF, LiME, AVML, xl dump-core runs): one
+    ``present`` run, whatever the range."""
+
+    __slots__ = ()
+
+    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
+                    ) -> Iterator[tuple[int, int, Status]]:
+        if rel < end:
+            yield rel, end - rel, Status.PRESENT
+
+
+class LinearSegment(PresentSegment):
     """Bytes stored contiguously in the file (raw image, ELF ``PT_LOAD`` file part).
 
     ``buf`` is anything that slices like ``bytes``; where it can also ``readinto`` (the dump
@@ -167,10 +179,6 @@ class LinearSegment(Segment):
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.PRESENT, self.file_offset, self.detail)
 
-    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
-                    ) -> Iterator[tuple[int, int, Status]]:
-        if rel < end:
-            yield rel, end - rel, Status.PRESENT
 
 
 class ZeroSegment(Segment):

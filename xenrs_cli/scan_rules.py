@@ -46,7 +46,7 @@ class Rule:
     why: str
 
 
-UPTIME = Rule("uptime", f"state_entry_time above 2^56 ns (2.28 years of uptime)")
+UPTIME = Rule("uptime", "state_entry_time above 2^56 ns (2.28 years of uptime)")
 PADDING = Rule("padding", "64-bit padding not zero (Xen copies a zeroed struct vcpu's "
                "runstate, KVM writes zero padding; neither leaves anything else there)")
 IDLE = Rule("no-time", "no time accounted at all (time[] all zero)")

@@ -28,7 +28,7 @@ from typing import Any
 from construct import Bytes, Int32ul, Int64ul, Struct
 
 from xenrs_cli.address_space import (GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, LinearSegment,
-                                     Segment, Status)
+                                     PresentSegment, Segment, Status)
 from xenrs_cli.binary import parse
 from xenrs_cli.dumps import Dump, codecs, source
 from xenrs_cli.errors import BadDumpError, MissingCodecError
@@ -64,7 +64,7 @@ def _varint(data, at: int, end: int) -> int:
     return -1
 
 
-class SnappyBlock(Segment):
+class SnappyBlock(PresentSegment):
     """One AVML block: GPA ``[gpa, gpa+size)`` from a snappy framed stream in the file."""
 
     def __init__(self, buf, gpa: int, size: int, header_at: int, starts: array, offsets: array,
@@ -128,11 +128,6 @@ class SnappyBlock(Segment):
             out += piece
             cur += len(piece)
         return bytes(out)
-
-    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
-                    ) -> Iterator[tuple[int, int, Status]]:
-        if rel < end:
-            yield rel, end - rel, Status.PRESENT
 
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.PRESENT, None,

@@ -37,7 +37,7 @@ from typing import Any
 from construct import Array, Bytes, Int16ul, Int32ul, Int64ul, Padding, Struct
 
 from xenrs_cli.address_space import (GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, LinearSegment,
-                                     Segment, Status)
+                                     PresentSegment, Segment, Status)
 from xenrs_cli.binary import parse
 from xenrs_cli.cpu_state import CpuState
 from xenrs_cli.dumps import Dump, source
@@ -217,7 +217,7 @@ def _sort_unordered(table: FrameTable) -> tuple[array, array]:
     return spfns, array("Q", order)
 
 
-class ScatteredRun(Segment):
+class ScatteredRun(PresentSegment):
     """Consecutive PFNs whose pages are scattered in ``.xen_pages`` (an unordered table): PFN
     ``first + k`` is page ``pages[lo + k]``."""
 
@@ -245,11 +245,6 @@ class ScatteredRun(Segment):
             out += self.read(cur, stop - cur)
             cur = stop
         return bytes(out)
-
-    def status_runs(self, rel: int, end: int, page_size: int = PAGE_SIZE
-                    ) -> Iterator[tuple[int, int, Status]]:
-        if rel < end:
-            yield rel, end - rel, Status.PRESENT
 
     def extents(self) -> Iterator[Extent]:
         """One extent per stretch of pages that is contiguous in the file too."""
