@@ -21,12 +21,23 @@ starts:
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # layouts imports this module for RunstateInfo.accounting
-    from xenrs_cli.layouts import RunstateInfo
+from typing import Protocol
 
 U64_MASK = (1 << 64) - 1
+
+
+class Times(Protocol):
+    """What accounting needs of a record (``layouts.RunstateInfo``, which imports this module
+    for its ``accounting`` property: a protocol, so that neither imports the other)."""
+
+    @property
+    def state_entry_time(self) -> int: ...
+
+    @property
+    def time(self) -> tuple[int, ...]: ...
+
+    @property
+    def time_sum(self) -> int: ...
 
 
 class Accounting(StrEnum):
@@ -43,13 +54,13 @@ HYPERVISORS: dict[str, frozenset[Accounting]] = {
 DEFAULT_HYPERVISOR = "any"
 
 
-def unaccounted(info: "RunstateInfo") -> int:
+def unaccounted(info: Times) -> int:
     """``state_entry_time - time_sum`` as a signed 64-bit integer (SPEC §3 ``unaccounted``)."""
     diff = (info.state_entry_time - info.time_sum) & U64_MASK
     return diff - (1 << 64) if diff >= 1 << 63 else diff
 
 
-def accounting(info: "RunstateInfo") -> Accounting:
+def accounting(info: Times) -> Accounting:
     """Exact when the times sum to the entry time modulo 2^64 (KVM's own u64 check); offset when
     every time is at most the entry time and their true sum is below it; else broken."""
     entry = info.state_entry_time
@@ -70,7 +81,7 @@ def seconds(ns: int) -> str:
     return f"{ns / 1e9:,.3f} s"
 
 
-def explain(kind: Accounting, info: "RunstateInfo", hypervisor: str) -> str | None:
+def explain(kind: Accounting, info: Times, hypervisor: str) -> str | None:
     """The warning ``decode`` gives for a record's accounting, or ``None`` for an exact one."""
     gap = unaccounted(info)
     if kind is Accounting.OFFSET:
