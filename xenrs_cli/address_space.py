@@ -112,6 +112,12 @@ class Segment:
         if run_status is not None:
             yield run_start, end - run_start, run_status
 
+    def zero_runs(self, rel: int, end: int) -> Iterator[tuple[int, int]]:
+        """Ranges ``[a, b)`` of segment bytes within ``[rel, end)``, all ``present``, that the
+        dump itself says are zeros without storing them each (a kdump's shared zero page), so
+        that ``scan`` can pass them by as it passes zero-filled bytes. None by default."""
+        return iter(())
+
     def read_span(self, rel: int, size: int, page_size: int = PAGE_SIZE) -> bytes:
         """Bytes of ``[rel, rel+size)`` across pages (zeros where not present)."""
         out = bytearray(size)

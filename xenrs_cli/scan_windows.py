@@ -44,30 +44,60 @@ def streams(spans: Iterator[Run], stats: ScanStats,
     ``REACH`` bytes of them.
     """
     stream: list[Run] = []
-    for sp in spans:
-        stats.bytes[sp.status.value] += sp.size
-        if sp.status in (Status.EXCLUDED, Status.ABSENT):
-            skipped(sp.size)
-            if stream:
-                yield stream
-                stream = []
-            continue
-        if sp.status is Status.ZERO_FILLED and sp.size > 2 * REACH:
-            head = Run(sp.gpa, REACH, sp.status, sp.seg)
-            tail = Run(sp.end - REACH, REACH, sp.status, sp.seg)
-            skipped(sp.size - 2 * REACH)
-            if stream:
-                yield stream + [head]
-            else:  # nothing before it for a record to start in
-                skipped(REACH)
-            stream = [tail]
-            continue
-        if stream and stream[-1].end != sp.gpa:
-            yield stream
-            stream = []
-        stream.append(sp)
+    for span in spans:
+        stats.bytes[span.status.value] += span.size
+        for sp in _zero_split(span):
+            stream = yield from _add(stream, sp, skipped)
     if stream:
         yield stream
+
+
+def _zero_split(sp: Run) -> Iterator[Run]:
+    """A present span cut where the dump says its bytes are zeros without storing them
+    (:meth:`Segment.zero_runs`: 84 % of the real Xen dom0 kdump is its shared zero page): those
+    parts are passed on as zero-filled, so they are neither read nor tested. Short ones stay:
+    each cut costs a stream break and two more windows."""
+    if sp.status is not Status.PRESENT or sp.seg is None:
+        yield sp
+        return
+    base, cur = sp.seg.gpa, sp.gpa
+    for a, b in sp.seg.zero_runs(sp.gpa - base, sp.end - base):
+        if b - a < ZERO_SKIP_MIN:
+            continue
+        if base + a > cur:
+            yield Run(cur, base + a - cur, Status.PRESENT, sp.seg)
+        yield Run(base + a, b - a, Status.ZERO_FILLED, sp.seg)
+        cur = base + b
+    if cur < sp.end:
+        yield Run(cur, sp.end - cur, Status.PRESENT, sp.seg)
+
+
+ZERO_SKIP_MIN = 1 << 16  # bytes of stored zeros worth a stream break
+
+
+def _add(stream: list[Run], sp: Run, skipped: Callable[[int], None]
+         ) -> Iterator[list[Run]]:
+    """Add one span to the stream being built, yielding the streams it ends; returns the
+    stream being built after it."""
+    if sp.status in (Status.EXCLUDED, Status.ABSENT):
+        skipped(sp.size)
+        if stream:
+            yield stream
+        return []
+    if sp.status is Status.ZERO_FILLED and sp.size > 2 * REACH:
+        head = Run(sp.gpa, REACH, sp.status, sp.seg)
+        tail = Run(sp.end - REACH, REACH, sp.status, sp.seg)
+        skipped(sp.size - 2 * REACH)
+        if stream:
+            yield stream + [head]
+        else:  # nothing before it for a record to start in
+            skipped(REACH)
+        return [tail]
+    if stream and stream[-1].end != sp.gpa:
+        yield stream
+        stream = []
+    stream.append(sp)
+    return stream
 
 
 def _fill(stream: list[Run], i: int, a: int, out: memoryview) -> int:
