@@ -44,16 +44,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from xenrs_cli import scan_parallel
 from xenrs_cli.accounting import DEFAULT_HYPERVISOR, HYPERVISORS, Accounting
 from xenrs_cli.address_space import AddressSpace, Status
 from xenrs_cli.decode import Decoded, decode_at, hexaddr, to_json_dict
 from xenrs_cli.errors import InputError, UsageError
-from xenrs_cli.layouts import LAYOUT_64, LAYOUT_COMPAT, PAGE_SIZE, Layout, RunstateInfo, decode
-from xenrs_cli.scan_rules import CLOCK, CLOCK_FACTOR, CROWD, MAX_ENTRY_TIME, UPTIME, failed_rule
+from xenrs_cli.layouts import (LAYOUT_64, LAYOUT_COMPAT, LAYOUTS, PAGE_SIZE, Layout,
+                               RunstateInfo, decode)
+from xenrs_cli.scan_rules import CLOCK, CLOCK_FACTOR, CROWD, failed_rule
+from xenrs_cli.scan_find import Finder, Found, plan
 from xenrs_cli.scan_stats import ScanStats
-from xenrs_cli.scan_windows import (ENTRY_MASK, MAX_SIZE, REACH, SEAM, check_layout,
-                                    entry_positions,
-                                    streams, windows)
+from xenrs_cli.scan_windows import ENTRY_MASK, MAX_SIZE, SEAM
 
 DEFAULT_MIN_ENTRY_TIME = 1_000_000_000  # 1 s of guest uptime: skips near-zero noise
 DEFAULT_CHUNK = 16 << 20
@@ -249,21 +250,6 @@ class Scanner:
             return None
         return info
 
-    def _vetted(self, gpas: list[int], layout: Layout, buf, base: int) -> list[_Raw]:
-        """The candidates of a window that also pass :func:`~xenrs_cli.scan_rules.failed_rule`
-        (the rules numpy did not apply); the others are counted as rejected."""
-        if self.options.loose:
-            return [_Raw(g, layout) for g in gpas]
-        out = []
-        for g in gpas:
-            info = decode(layout, bytes(buf[g - base:g - base + layout.size]))
-            rule = failed_rule(info)
-            if rule is None:
-                out.append(_Raw(g, layout))
-            else:
-                self.stats.reject(rule.name, 1, [g])
-        return out
-
     def hits(self) -> Iterator[Hit]:
         """The hits in GPA order. Unless ``--loose``, after the page rule of
         :meth:`_uncrowded` and the clock rule of :meth:`_on_the_clock` — which needs every hit
@@ -309,7 +295,6 @@ class Scanner:
             yield hit
 
     def _raw_hits(self) -> Iterator[Hit]:
-        np = numpy()
         opts, stats = self.options, self.stats
         total = stats.range_end - stats.range_start
         done = 0
@@ -320,49 +305,47 @@ class Scanner:
             if self.progress is not None:
                 self.progress(min(done, total), total)
 
-        checks = [(l, opts.align_of(l)) for l in opts.layouts]
-        # Byte shifts (GPA mod 8) at which an allowed start puts state_entry_time.
-        shifts = sorted({s for l, a in checks for s in range(8)
-                         if (s - l.entry_offset) % a == 0})
-        # for each shift, how far before the entry time each layout read there has its state
-        state_before = {s: tuple(sorted({l.entry_offset for l, a in checks
-                                         if (s - l.entry_offset) % a == 0})) for s in shifts}
+        finder = Finder(numpy(), [(l, opts.align_of(l)) for l in opts.layouts], self._threshold,
+                        self._accept, opts.loose, opts.chunk_size)
         cluster: list[_Raw] = []
-        words = (opts.chunk_size + SEAM + REACH) // 8 + 1  # the largest window, in words
-        scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool),
-                   np.empty(words, dtype=np.uint64))
         if self.progress is not None:
             self.progress(0, total)
-        spans = self.space.runs(stats.range_start, stats.range_end)
-        for stream in streams(spans, stats, advance):
-            for gpa, core_len, data in windows(stream, opts.chunk_size):
-                buf = np.frombuffer(data, dtype=np.uint8)
-                found: list[_Raw] = []
-                below = None if opts.loose else MAX_ENTRY_TIME
-                for shift, entries, beyond in entry_positions(np, buf, gpa, shifts,
-                                                              self._threshold, scratch, below,
-                                                              state_before, core_len):
-                    # fields of the core only: those of the tail are the next window's
-                    stats.candidates += int(np.searchsorted(entries, core_len)) + beyond
-                    if beyond:
-                        stats.reject(UPTIME.name, beyond, [])
-                    for layout, align in checks:
-                        if entries.size and (shift - layout.entry_offset) % align == 0:
-                            found += self._vetted(check_layout(
-                                np, buf, gpa, core_len, entries, layout, self._threshold,
-                                self._accept, None if opts.loose else stats), layout, buf, gpa)
-                del buf, data  # drop the views of the mapping before it is closed
-                found.sort(key=lambda r: (r.gpa, r.layout.name))
-                for raw in found:
-                    if cluster and raw.gpa - cluster[-1].gpa > MAX_SIZE:
-                        yield from self._flush(cluster)
-                        cluster = []
-                    cluster.append(raw)
-                advance(core_len)
+        for found in self._found(finder, advance):
+            for gpa, layout in found:
+                if cluster and gpa - cluster[-1].gpa > MAX_SIZE:
+                    yield from self._flush(cluster)
+                    cluster = []
+                cluster.append(_Raw(gpa, layout))
         if cluster:
             yield from self._flush(cluster)
         if self.progress is not None:
             self.progress(total, total)
+
+    def _found(self, finder: Finder, advance: Callable[[int], None]) -> Iterator[Found]:
+        """The readings that pass, in GPA order, a list at a time: window by window here, or
+        task by task (:func:`~xenrs_cli.scan_find.plan`) on every core
+        (:mod:`xenrs_cli.scan_parallel`) when the dump holds enough to share out."""
+        stats, space = self.stats, self.space
+        start, end = stats.range_start, stats.range_end
+        processes = scan_parallel.workers()
+        tasks, counted = plan(space, start, end) if processes > 1 else ([], {})
+        if len(tasks) < 2:
+            yield from finder.found(space, start, end, end, stats, advance)
+            return
+        stats.bytes.update(counted)
+
+        def work(k: int) -> tuple[list[tuple[int, str]], ScanStats]:
+            part = ScanStats()
+            a, b = tasks[k]
+            found = [(g, l.name) for window in finder.found(space, a, b, end, part)
+                     for g, l in window]
+            return found, part
+
+        for (a, b), (found, part) in zip(tasks, scan_parallel.ordered(len(tasks), work,
+                                                                         processes)):
+            stats.add(part)
+            advance(b - a)
+            yield [(g, LAYOUTS[name]) for g, name in found]
 
     # -- choosing between readings of the same bytes ------------------------------------------
 

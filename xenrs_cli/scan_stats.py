@@ -26,15 +26,25 @@ class ScanStats:
     hits: int = 0
     readings_dropped: int = 0  # shifted or twin readings of a record (see Scanner._resolve)
     # Readings SPEC §6's rules accept that no hypervisor writes (xenrs_cli.scan_rules): counts
-    # per rule, and the first few GPAs of each.
+    # per rule, and the lowest few GPAs of each (whatever order the parts of a scan ran in).
     rejected: dict[str, int] = field(default_factory=dict)
     rejected_examples: dict[str, list[int]] = field(default_factory=dict)
 
     def reject(self, rule: str, count: int, examples: list[int]) -> None:
-        """Count ``count`` readings rejected by ``rule``; ``examples`` are GPAs of some."""
+        """Count ``count`` readings rejected by ``rule``; ``examples`` are GPAs of some (the
+        lowest of a window's, or all)."""
         self.rejected[rule] = self.rejected.get(rule, 0) + count
         kept = self.rejected_examples.setdefault(rule, [])
-        kept += examples[:EXAMPLES - len(kept)]
+        kept[:] = sorted(set(kept).union(examples))[:EXAMPLES]
+
+    def add(self, part: ScanStats) -> None:
+        """Count what a part of the scan (a task, :mod:`xenrs_cli.scan_find`) found and
+        rejected; its bytes are not added (a task reads past its range: they overlap)."""
+        self.candidates += part.candidates
+        self.hits += part.hits
+        self.readings_dropped += part.readings_dropped
+        for rule, count in part.rejected.items():
+            self.reject(rule, count, part.rejected_examples.get(rule, []))
 
     def pages(self, status: Status, page_size: int) -> int:
         return -(-self.bytes[status.value] // page_size)

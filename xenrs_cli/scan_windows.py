@@ -128,9 +128,11 @@ def read_stream(stream: list[Run], a: int, b: int) -> bytes:
     return bytes(out)
 
 
-def windows(stream: list[Run], chunk: int) -> Iterator[tuple[int, int, Any]]:
+def windows(stream: list[Run], chunk: int,
+            core_end: int | None = None) -> Iterator[tuple[int, int, Any]]:
     """``(gpa, core_len, buffer)``: candidate starts ``[gpa, gpa+core_len)``, bytes
-    ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream).
+    ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream); with ``core_end``,
+    only the starts below it (the stream goes on past it for the records that do).
 
     Every window is read into one buffer, reused for the whole stream (the caller is done with
     a window before it asks for the next): a segment's bytes arrive by one ``pread`` (raw, ELF)
@@ -142,8 +144,9 @@ def windows(stream: list[Run], chunk: int) -> Iterator[tuple[int, int, Any]]:
     chunk = min(chunk, WINDOW_MAX)
     out = memoryview(bytearray(min(chunk + REACH, end - start)))
     cur, i = start, 0
-    while cur < end:
-        core = min(chunk, end - cur)
+    stop = end if core_end is None else min(end, core_end)
+    while cur < stop:
+        core = min(chunk, stop - cur)
         size = min(end, cur + core + REACH) - cur
         i = _fill(stream, i, cur, out[:size])
         yield cur, core, out[:size]
@@ -168,13 +171,16 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
                      scratch: tuple[np.ndarray, np.ndarray, np.ndarray],
                      below: int | None = None,
                      state_before: dict[int, tuple[int, ...]] | None = None,
-                     counted: int | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
-    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: ``(s, positions, beyond)``, the
-    ascending byte positions ``p`` of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64 value
-    (flag bit included, so an upper bound of the entry time) is at least ``threshold`` and,
-    with ``below``, whose value without the flag bit is under ``below``; ``beyond`` counts the
-    fields that reach ``threshold`` but not that bound, among those that start before byte
-    ``counted`` (the window's core: the fields of its tail are the next window's to count).
+                     counted: int | None = None
+                     ) -> Iterator[tuple[int, np.ndarray, int, int]]:
+    """For each byte shift ``s`` (GPA mod 8) in ``shifts``: ``(s, positions, beyond, passed)``,
+    the ascending byte positions ``p`` of ``buf`` with ``(gpa + p) % 8 == s`` whose uint64
+    value (flag bit included, so an upper bound of the entry time) is at least ``threshold``
+    and, with ``below``, whose value without the flag bit is under ``below``. Among the fields
+    that start before byte ``counted`` (the window's core: the fields of its tail are the next
+    window's to count), ``beyond`` counts those that reach ``threshold`` but not that bound and
+    ``passed`` those that pass both, whatever their state: so the counts of a scan do not
+    depend on where its windows start (a field's state can lie before its window).
 
     One pass over the window finds the nonzero aligned words. Where they are few (sparse memory:
     zero pages), an 8-byte field at shift ``s > 0`` overlaps words ``w`` and ``w + 1``, so only
@@ -203,18 +209,21 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
             n = fields.size
             if below is None:
                 hit = np.greater_equal(fields, lo, out=scratch[0][:n])
-                yield s, start + 8 * np.flatnonzero(hit), 0
+                passed = int(np.count_nonzero(hit[:_fields_before(counted, start, n)]))
+                yield s, start + 8 * np.flatnonzero(hit), 0, passed
                 continue
             # lo <= value without the flag < below, as one unsigned comparison of value - lo;
             # elementwise, as most dense fields are pointers or text far above the bound
             v = np.bitwise_and(fields, np.uint64(ENTRY_MASK), out=scratch[2][:n])
             far = np.greater_equal(v, np.uint64(below), out=scratch[1][:n])
-            beyond = int(np.count_nonzero(far[:_fields_before(counted, start, n)]))
+            in_core = _fields_before(counted, start, n)
+            beyond = int(np.count_nonzero(far[:in_core]))
             np.subtract(v, lo, out=v)
             hit = np.less(v, np.uint64(below - threshold), out=scratch[0][:n])
+            passed = int(np.count_nonzero(hit[:in_core]))
             if state_before and state_before.get(s):
                 _state_known(np, buf, start, hit, state_before[s], scratch[1][:n])
-            yield s, start + 8 * np.flatnonzero(hit), beyond
+            yield s, start + 8 * np.flatnonzero(hit), beyond, passed
         return
     nonzero = np.not_equal(aligned, 0, out=scratch[0][:words])
     if not nonzero.any() and not buf[:head].any():
@@ -233,7 +242,9 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
         if pos.size:
             values = values_at(np, buf, pos, "<u8")
             keep = values >= lo
-            yield (s, *_bounded(np, pos[keep], values[keep], below, counted))
+            pos, beyond = _bounded(np, pos[keep], values[keep], below, counted)
+            passed = pos.size if counted is None else int(np.searchsorted(pos, counted))
+            yield s, pos, beyond, passed
 
 
 def _state_known(np, buf, start: int, hit, offsets: tuple[int, ...], scratch) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from construct import Bytes, Int32sl, Int32ul, Int64sl, Int64ul, Struct
 
+from xenrs_cli import cores
 from xenrs_cli.address_space import GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, Segment, Status
 from xenrs_cli.dumps import Dump, codecs, flattened, source
 from xenrs_cli.binary import compiled, parse
@@ -494,7 +495,10 @@ class Pages:
                     if g_start <= offset and offset + size <= g_end:
                         break
                 else:
-                    ahead = min(2 * ahead, READ_AHEAD) if 0 <= offset - g_end < GROUP_GAP else bs
+                    # a page that starts in or just after the last read continues it (a
+                    # compressed page often starts in the last read and ends past it)
+                    ahead = (min(2 * ahead, READ_AHEAD)
+                             if g_start <= offset < g_end + GROUP_GAP else bs)
                     length = min(size_limit - offset, max(size, ahead))
                     g_start, g_end = offset, offset + length
                     view = memoryview(self._read(offset, length))
@@ -539,19 +543,17 @@ _POOL: list = []
 
 
 def _workers():
-    """A thread pool of one worker per core (``None`` on one core), made on first use."""
+    """The thread pool that decompresses beside the calling thread (``None`` when this process
+    has one core to itself: :func:`xenrs_cli.cores.for_readers`), made on first use. The pool
+    of a parent process is never used in a forked child: the share is checked first."""
+    threads = cores.for_readers()
+    if threads < 2:
+        return None
     if not _POOL:
-        import os
+        from concurrent.futures import ThreadPoolExecutor
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-        if cores < 2:
-            _POOL.append(None)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL.append(ThreadPoolExecutor(max_workers=cores - 1,
-                                            thread_name_prefix="xenrs-page"))
+        _POOL.append(ThreadPoolExecutor(max_workers=threads - 1,
+                                        thread_name_prefix="xenrs-page"))
     return _POOL[0]
 
 
