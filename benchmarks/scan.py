@@ -2,7 +2,7 @@
 
 First the sparse case below; then (unless ``--sparse-only``) every dense and real case of
 ``benchmarks/readers.py`` — the real Xen dumps (ELF, plain and flattened kdump), 256 MiB of
-random pages as raw and ELF, and 128 MiB of real memory as a kdump with each codec, plain and
+random pages as raw and ELF, and all of p1.elf's real memory as a kdump with each codec, plain and
 flattened — with ``scan``, ``scan --align 1``, the reference (one numpy pass, or libkdumpfile
 reading every page of the plain file), their ratios and peak RSS.
 

@@ -27,6 +27,9 @@ How it stays fast and bounded (numpy, imported only here):
   one view (entry time in range, a state 0..3 before it), so that only a few are gathered for
   the state and accounting tests of :func:`~xenrs_cli.scan_windows.check_layout`.
 * Memory: one window buffer and reused scratch arrays, whatever the dump size.
+* Cores: a dump with enough present bytes is cut into tasks (:func:`~xenrs_cli.scan_find.plan`)
+  that forked workers run (:mod:`xenrs_cli.scan_parallel`); their readings come back in GPA
+  order and are settled here exactly as one process's would be.
 
 One set of bytes can pass the rules as several readings; :meth:`Scanner._resolve` keeps the
 record: a reading *k* bytes early is every field × 256^k when the bytes shifted in are zero

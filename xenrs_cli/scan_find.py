@@ -25,7 +25,7 @@ from xenrs_cli.layouts import Layout, decode
 from xenrs_cli.scan_rules import MAX_ENTRY_TIME, UPTIME, failed_rule
 from xenrs_cli.scan_stats import ScanStats
 from xenrs_cli.scan_windows import (REACH, SEAM, check_layout, entry_positions, streams,
-                                    windows)
+                                    window_size, windows)
 
 # Present bytes per task: on the real Xen dom0 dump a dense task is ~50 ms of work, and tasks
 # of 4 MiB kept two processes within 1 % of each other (16 MiB: one waited 25 % of the time).
@@ -49,6 +49,7 @@ class Finder:
         self.state_before = {s: tuple(sorted({l.entry_offset for l, a in checks
                                               if (s - l.entry_offset) % a == 0}))
                              for s in self.shifts}
+        self.buffer = bytearray(window_size(chunk_size))  # every window is read into it
         words = (chunk_size + SEAM + REACH) // 8 + 1  # the largest window, in words
         self.scratch = (np.empty(words, dtype=bool), np.empty(words, dtype=bool),
                         np.empty(words, dtype=np.uint64))
@@ -61,7 +62,7 @@ class Finder:
         skipped = advance or (lambda n: None)
         spans = space.runs(start, min(stop + REACH, end))
         for stream in streams(spans, stats, skipped):
-            for gpa, core_len, data in windows(stream, self.chunk_size, stop):
+            for gpa, core_len, data in windows(stream, self.chunk_size, stop, self.buffer):
                 found = self.window(data, gpa, core_len, stats)
                 del data  # the window's buffer is the next window's
                 yield found

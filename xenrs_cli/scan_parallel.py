@@ -14,7 +14,7 @@ an error in the dump, a signal, memory — leaves the tasks it held to this proc
 them itself: a bad dump raises its one clear error here, where the command line reports it,
 and a worker never writes to the terminal.
 
-No ``fork()`` (Windows), one core, or fewer than two tasks: everything runs here, in order.
+Not Linux, one core, or fewer than two tasks: everything runs here, in order.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pickle
 import select
 import signal
 import struct
+import sys
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -37,8 +38,10 @@ F_SETPIPE_SZ = 1031  # linux/fcntl.h (fcntl.F_SETPIPE_SZ from Python 3.10, not o
 
 
 def workers() -> int:
-    """How many processes :func:`ordered` would use."""
-    if not hasattr(os, "fork"):
+    """How many processes :func:`ordered` would use: one per core on Linux. Elsewhere one:
+    macOS's system libraries are not safe to use in a forked child that does not exec (Python's
+    own ``multiprocessing`` spawns there), and Windows has no ``fork()``."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return 1
     return min(MAX_WORKERS, cores.available())
 

@@ -128,8 +128,8 @@ def read_stream(stream: list[Run], a: int, b: int) -> bytes:
     return bytes(out)
 
 
-def windows(stream: list[Run], chunk: int,
-            core_end: int | None = None) -> Iterator[tuple[int, int, Any]]:
+def windows(stream: list[Run], chunk: int, core_end: int | None = None,
+            buffer: bytearray | None = None) -> Iterator[tuple[int, int, Any]]:
     """``(gpa, core_len, buffer)``: candidate starts ``[gpa, gpa+core_len)``, bytes
     ``[gpa, gpa + core_len + REACH)`` (fewer at the end of the stream); with ``core_end``,
     only the starts below it (the stream goes on past it for the records that do).
@@ -139,10 +139,14 @@ def windows(stream: list[Run], chunk: int,
     or one batch of pages (kdump), whatever the number of spans they come from, and nothing of
     the dump stays mapped or resident after it is scanned. Consecutive windows overlap by
     ``REACH`` bytes only, so a record across any edge is seen whole in exactly one core.
+    ``buffer`` (at least :func:`window_size` long) is used rather than a new one: a fresh one
+    per stream page-faults in every stream, and a kdump has a stream between each two runs of
+    zero pages.
     """
     start, end = stream[0].gpa, stream[-1].end
     chunk = min(chunk, WINDOW_MAX)
-    out = memoryview(bytearray(min(chunk + REACH, end - start)))
+    size = min(chunk + REACH, end - start)
+    out = memoryview(buffer if buffer is not None and len(buffer) >= size else bytearray(size))
     cur, i = start, 0
     stop = end if core_end is None else min(end, core_end)
     while cur < stop:
@@ -151,6 +155,11 @@ def windows(stream: list[Run], chunk: int,
         i = _fill(stream, i, cur, out[:size])
         yield cur, core, out[:size]
         cur += core
+
+
+def window_size(chunk: int) -> int:
+    """The largest window :func:`windows` reads for ``chunk``."""
+    return min(chunk, WINDOW_MAX) + REACH
 
 
 # ---------------------------------------------------------------------------------------------
