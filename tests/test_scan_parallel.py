@@ -145,3 +145,22 @@ def test_plan_tiles_the_range_by_present_bytes():
                        "absent": end - start - (1 << 20) - 0x2000}
     # ten full tasks of present bytes and the rest
     assert len(tasks) == (1 << 20) // 100_000 + 1
+
+
+@needs_fork
+def test_a_dump_truncated_under_the_workers_ends_in_its_one_error(tmp_path, monkeypatch):
+    """Each worker's read comes up short; the parent runs the failed task itself and raises
+    the readers' one-line error (a scan of the file in a real process: tests/test_hostile.py)."""
+    from xenrs_cli.dumps import open_dump
+    from xenrs_cli.errors import DumpChangedError
+
+    path = tmp_path / "t.raw"
+    path.write_bytes(os.urandom(12 << 20))
+    monkeypatch.setattr(scan_parallel, "workers", lambda: 2)
+    with open_dump(str(path)) as d:
+        assert len(scan_find.plan(d.space, 0, d.space.end)[0]) == 3
+        os.truncate(path, 1 << 20)
+        with pytest.raises(DumpChangedError, match="the dump changed while being read"):
+            for _ in Scanner(d.space, ScanOptions()).hits():
+                pass
+    assert no_children_left()
