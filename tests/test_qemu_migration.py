@@ -9,6 +9,7 @@ read back (HMP ``xp``) after the migration and QEMU's own flat view of guest mem
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 
@@ -579,3 +580,19 @@ def test_a_malformed_vmdesc_leaves_the_ram_readable(tmp_path):
         assert "no vmdesc entry" in " ".join(d.details["notes"])
     with open_dump(str(_write(tmp_path, raw))) as d:  # the same stream, well formed
         assert d.registered_runstate == {0: 0x5000}
+
+
+def test_a_stream_truncated_while_open_ends_in_one_error(tmp_path):
+    """Pages are read with pread after the walk at open: a stream cut underneath is the
+    readers' one-line error, not SIGBUS (which would kill this test process)."""
+    from xenrs_cli.errors import DumpChangedError
+
+    for name in ("pc.q10.booted.mig", "q35.q10.mapped-ram.mig", "pc.q72.compress.mig"):
+        path = tmp_path / name
+        shutil.copyfile(qemu_streams.dump_path(name), path)
+        with open_dump(str(path)) as d:
+            gpas = [e.gpa for e in d.space.extents() if e.status is Status.PRESENT]
+            os.truncate(path, 4096)
+            with pytest.raises(DumpChangedError, match="the dump changed while being read"):
+                for g in gpas:
+                    d.space.read_present(g, 4096)

@@ -36,7 +36,7 @@ from construct import Array, Bytes, Int32ul, Struct
 
 from xenrs_cli.address_space import AddressSpace, Extent, Segment, Status
 from xenrs_cli.binary import parse
-from xenrs_cli.dumps import Dump
+from xenrs_cli.dumps import Dump, source
 from xenrs_cli.dumps import qemu_stream as qs
 from xenrs_cli.dumps import qemu_vmstate as vmstate
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
@@ -102,7 +102,7 @@ class BlockPages:
         if kind == qs.PLAIN:
             return bytes(self.buf[at:at + self.ps])
         if kind == qs.ZLIB:
-            (n,) = qs.BE32.unpack_from(self.buf, at)
+            (n,) = qs.BE32.unpack(self.buf[at:at + 4])
             try:
                 data = zlib.decompress(bytes(self.buf[at + 4:at + 4 + n]))
             except zlib.error as e:
@@ -396,12 +396,16 @@ def load(mapped: MappedFile, base: int = 0) -> Dump:
     if start == 0 and bytes(buf[:4]) != qs.QEVM_MAGIC:
         raise BadDumpError("not a QEMU migration stream (no QEVM magic)", offset=0)
     stream = qs.walk(buf, size, start)
+    # Pages are read with pread from here on (dumps.source), so a stream that another process
+    # truncates while it is scanned or decoded ends in one line, not SIGBUS; the walk above
+    # and the device state below read the header parts through the mapping, at open only.
+    data = source.of(mapped)
     if not stream.blocks and not stream.complete:
         raise BadDumpError("the migration stream ends before its RAM block list (" +
                            "; ".join(stream.notes) + ")", offset=stream.end_offset)
     fam = family(stream.machine)
     # ram_save_complete writes the mapped-ram bitmaps before the ram section's END record
-    pages = {name: BlockPages(buf, size, b, stream.ram_complete)
+    pages = {name: BlockPages(data, size, b, stream.ram_complete)
              for name, b in stream.blocks.items()}
     host = vmstate.pci_config(buf, stream.devices, HOST_BRIDGE_VMSD[fam])
     windows, summary = layout(fam, stream.machine or "", {n: b.length for n, b in
