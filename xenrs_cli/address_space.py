@@ -10,6 +10,7 @@ segments.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -287,9 +288,12 @@ class AddressSpace:
 
     def runs(self, lo: int, hi: int) -> Iterator[Run]:
         """Every byte of ``[lo, hi)`` in GPA order as runs of one status (for streaming over a
-        whole dump, as ``scan`` does); holes are ``absent`` runs."""
+        whole dump, as ``scan`` does); holes are ``absent`` runs. The first segment is found
+        by bisection: ``scan`` asks for one task's range at a time, and a dump can have a
+        million segments."""
         cur = lo
-        for seg in self.segments:
+        first = max(0, bisect.bisect_right(self._starts, lo) - 1)
+        for seg in itertools.islice(self.segments, first, None):
             if seg.end <= cur:
                 continue
             if seg.gpa >= hi:
