@@ -1,4 +1,5 @@
-"""A kdump's shared zero page: found in the descriptor table, passed by in ``scan``.
+"""Zero pages a dump records without storing them each, passed by in ``scan``: a kdump's
+shared zero page, found in the descriptor table, and a QEMU migration stream's zero pages.
 
 QEMU and makedumpfile point every zero page's descriptor at one stored page of zeros
 (:meth:`Pages.zero_descriptor`); ``scan`` treats long runs of them as zero-filled
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -111,10 +113,14 @@ def test_no_zero_runs_when_the_shared_page_is_not_zeros(tmp_path):
 
 def scan_json(path: str) -> tuple[list[dict], dict]:
     with open_dump(path) as d:
-        sc = Scanner(d.space, ScanOptions(chunk_size=8 * PAGE))
-        hits = [hit_to_json_dict(h, "x") for h in sc.hits()]
-        stats = sc.stats
-        return hits, {**stats.to_json_dict(PAGE), "examples": stats.rejected_examples}
+        return scan_json_space(d.space, chunk_size=8 * PAGE)
+
+
+def scan_json_space(space, **opts) -> tuple[list[dict], dict]:
+    sc = Scanner(space, ScanOptions(**opts))
+    hits = [hit_to_json_dict(h, "x") for h in sc.hits()]
+    stats = sc.stats
+    return hits, {**stats.to_json_dict(PAGE), "examples": stats.rejected_examples}
 
 
 def test_scan_is_the_same_with_zero_runs_passed_by(tmp_path, monkeypatch):
@@ -170,3 +176,30 @@ def test_real_kdump_zero_runs_match_its_elf_twin():
         for a, b in runs[::7]:
             data, _ = elf.space.read(a, b - a)
             assert data == bytes(b - a)
+
+
+# QEMU migration streams: zero pages are index entries (precopy) or clear bitmap bits in a
+# completed mapped-ram file, also passed by.
+MIGRATION = ["pc.q10.booted.mig", "q35.q72.compress.mig", "q35.q10.mapped-ram.mig",
+             "pc.q10.mapped-ram-at-4k.mig"]
+
+
+@pytest.mark.parametrize("name", MIGRATION)
+def test_migration_zero_runs_are_zero_pages_and_scan_is_the_same(name, monkeypatch):
+    import qemu_streams
+
+    from xenrs_cli.address_space import Status
+
+    path = str(qemu_streams.dump_path(name))
+    runs = zero_runs_of(path)
+    with open_dump(path) as d:
+        mapped = [b for b in d.details["ram_blocks"] if b["gpa"].startswith("0x")]
+        assert sum(b - a for a, b in runs) // PAGE >= 0.9 * sum(b["zero"] for b in mapped)
+        rng = random.Random(name)
+        for a, b in rng.sample(runs, min(40, len(runs))):
+            g = rng.randrange(a, b) // PAGE * PAGE
+            assert all(p.status is Status.PRESENT for p in d.space.pieces(g, PAGE))
+            assert d.space.read_present(g, PAGE) == bytes(PAGE)
+        passed_by = scan_json_space(d.space)
+        monkeypatch.setattr(scan_windows, "ZERO_SKIP_MIN", 1 << 62)
+        assert scan_json_space(d.space) == passed_by

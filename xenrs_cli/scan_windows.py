@@ -251,7 +251,7 @@ def entry_positions(np, buf: np.ndarray, gpa: int, shifts: list[int], threshold:
         if pos.size:
             values = values_at(np, buf, pos, "<u8")
             keep = values >= lo
-            pos, beyond = _bounded(np, pos[keep], values[keep], below, counted)
+            pos, beyond = _bounded(np, pos[keep], values[keep], threshold, below, counted)
             passed = pos.size if counted is None else int(np.searchsorted(pos, counted))
             yield s, pos, beyond, passed
 
@@ -284,16 +284,19 @@ def _fields_before(counted: int | None, start: int, n: int) -> int:
     return n if counted is None else max(0, min(n, -(-(counted - start) // 8)))
 
 
-def _bounded(np, pos, values, below: int | None,
+def _bounded(np, pos, values, threshold: int, below: int | None,
              counted: int | None) -> tuple[np.ndarray, int]:
-    """The positions whose value without the flag bit is under ``below`` (all when ``None``),
-    and how many of those before ``counted`` were not."""
+    """The positions whose value without the flag bit is in ``[threshold, below)`` (with the
+    flag, at least ``threshold``, when ``below`` is ``None``), and how many of those before
+    ``counted`` reach ``below``: the same test as the dense path's, so that a field counts the
+    same whichever path its window takes."""
     if below is None:
         return pos, 0
-    ok = (values & np.uint64(ENTRY_MASK)) < np.uint64(below)
-    far = pos[~ok]
+    entry = values & np.uint64(ENTRY_MASK)
+    far = pos[entry >= np.uint64(below)]
     if counted is not None:
         far = far[far < counted]
+    ok = (entry >= np.uint64(threshold)) & (entry < np.uint64(below))
     return pos[ok], int(far.size)
 
 

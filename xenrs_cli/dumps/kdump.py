@@ -30,6 +30,7 @@ from construct import Bytes, Int32sl, Int32ul, Int64sl, Int64ul, Struct
 from xenrs_cli import cores
 from xenrs_cli.address_space import GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, Segment, Status
 from xenrs_cli.dumps import Dump, codecs, flattened, source
+from xenrs_cli.dumps.repeats import repeats
 from xenrs_cli.binary import compiled, parse
 from xenrs_cli.dumps.elf import cpu_states, parse_notes, summarise_notes
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
@@ -245,20 +246,6 @@ DESC_BATCH = 1 << 16  # descriptors read at a time when looking for zero pages (
 ZERO_RUN_PROBE = 1 << 12  # descriptors compared at a time within one run of zero pages
 
 
-def _run_end(table: bytes, j: int, whole: bytes) -> int:
-    """The end of the run of copies of one descriptor at ``j`` of ``table``, whose next
-    ``len(whole)`` bytes at most are known to hold a mismatch: a binary search over the
-    number of descriptors that match, each step one ``startswith``."""
-    lo, hi = 0, min(len(whole), len(table) - j) // DESC_SIZE  # lo match; hi does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if table.startswith(whole[:mid * DESC_SIZE], j):
-            lo = mid
-        else:
-            hi = mid
-    return j + lo * DESC_SIZE
-
-
 GROUP_GAP = 1 << 16  # a page this close after the last read continues it (read-ahead grows)
 PARALLEL_PAGES = 64  # a batch of fewer pages is decoded on the calling thread
 
@@ -292,39 +279,22 @@ class Pages:
 
     def zero_runs(self, first: int, end: int) -> Iterator[tuple[int, int]]:
         """PFN runs ``[s, e)`` within ``[first, end)``, all of whose pages are dumped, whose
-        descriptor is the shared zero page's: found in the descriptor table by C-speed
-        searches (``bytes.find``, ``startswith``), a Python step per run, none per page."""
+        descriptor is the shared zero page's, read a batch of descriptors at a time."""
         zero = self.zero_descriptor()
         if zero is None or first >= end:
             return
-        whole = zero * ZERO_RUN_PROBE
         run_s = run_e = -1
         index = self.rank(first)
         for lo in range(first, end, DESC_BATCH):
             n = min(DESC_BATCH, end - lo)
             at = self.desc_at + DESC_SIZE * (index + lo - first)
-            table = self.data[at:at + DESC_SIZE * n]
-            i = table.find(zero)
-            while i >= 0:
-                if i % DESC_SIZE:  # a match across two descriptors: look from the next one
-                    i = table.find(zero, i - i % DESC_SIZE + DESC_SIZE)
+            for i, j in repeats(self.data[at:at + DESC_SIZE * n], zero, ZERO_RUN_PROBE):
+                if lo + i == run_e:  # continues the run of the last batch
+                    run_e = lo + j
                     continue
-                j = i + DESC_SIZE
-                while j < len(table):
-                    m = len(table) - j
-                    if table.startswith(whole if m >= len(whole) else whole[:m], j):
-                        j += min(m, len(whole))
-                    else:
-                        j = _run_end(table, j, whole)
-                        break
-                s, e = lo + i // DESC_SIZE, lo + j // DESC_SIZE
-                if s == run_e:
-                    run_e = e
-                else:
-                    if run_s >= 0:
-                        yield run_s, run_e
-                    run_s, run_e = s, e
-                i = table.find(zero, j)
+                if run_s >= 0:
+                    yield run_s, run_e
+                run_s, run_e = lo + i, lo + j
         if run_s >= 0:
             yield run_s, run_e
 
