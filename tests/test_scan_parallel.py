@@ -200,3 +200,26 @@ def test_dense_and_sparse_windows_count_alike(monkeypatch, seed, opts):
                         sc.stats.candidates, sc.stats.rejected, sc.stats.rejected_examples))
     assert results[0] == results[1]
     assert results[0][1] > 0
+
+
+@needs_fork
+def test_workers_with_descriptors_above_1024(no_workers_left):
+    """A dump of many raw files holds many descriptors: the workers' pipes come above 1024,
+    where ``select`` cannot go."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"at most {hard} open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = []
+    try:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        held.append(fd)
+        while held[-1] < 1100:
+            held.append(os.dup(fd))
+        assert list(scan_parallel.ordered(7, lambda k: -k, 2)) == [-k for k in range(7)]
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

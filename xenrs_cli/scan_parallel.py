@@ -77,7 +77,7 @@ def ordered(count: int, work: Callable[[int], Any], processes: int) -> Iterator[
                 if k >= issued or not live:  # no child has it: it is done here
                     ready[k] = _MISSING
                     break
-                readable, _, _ = select.select([c.fd for c in live], [], [])
+                readable = _readable([c.fd for c in live])
                 for c in live:
                     if c.fd in readable:
                         c.receive(ready)
@@ -86,6 +86,16 @@ def ordered(count: int, work: Callable[[int], Any], processes: int) -> Iterator[
     finally:
         for child in children:
             child.stop()
+
+
+def _readable(fds: list[int]) -> set[int]:
+    """Which of ``fds`` can be read (data or the end of the pipe), waiting for one: ``poll``,
+    not ``select``, whose descriptors must be below 1024 (a dump of many raw files is many
+    open files)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return {fd for fd, _ in poller.poll()}
 
 
 DEPTH = 2  # tasks given to a child at a time
