@@ -18,8 +18,9 @@ How it stays fast and bounded (numpy, imported only here):
 * Each stream is cut into *cores* of candidate start GPAs; a core is examined through a window
   that extends 47 bytes past it, so a record that crosses a chunk, page or segment edge is seen
   whole, and exactly once (only starts inside the core count). Windows are read with ``pread``
-  into one reused buffer (``Segment.read_into``; kdump pages decompressed on every core), never
-  through the mapping, so a dump truncated underneath ends with one line, not ``SIGBUS``.
+  into one reused buffer (``Segment.read_into``; kdump pages in batches), never through the
+  mapping, so a dump truncated underneath ends with one line, not ``SIGBUS``. Runs of pages the
+  dump itself records as zeros (``Segment.zero_runs``) are passed by like zero-filled ones.
 * In a window, one vectorised pass decides how dense it is. In sparse memory the nonzero aligned
   8-byte words are found, and the fields that could be ``state_entry_time`` (one byte shift per
   alignment the options allow: 1 for the defaults' 64, 2 with compat, 8 for ``--align 1``) are
