@@ -243,6 +243,10 @@ def test_corrupt_page_and_descriptor(tmp_path):
     bad = corrupt(plain, desc_at + 5 * 24, struct.pack("<q", len(plain) + 10))
     msg = one_line_error(cli("decode", write(tmp_path, bad), "--gpa", "0x16000", "--layout", "64"))
     assert "corrupt page descriptor of PFN 0x16" in msg
+    # a negative offset (page_desc.offset is an off_t) reads as one, not as "0x-…"
+    bad = corrupt(plain, desc_at + 5 * 24, struct.pack("<q", -0x2a0000))
+    msg = one_line_error(cli("decode", write(tmp_path, bad), "--gpa", "0x16000", "--layout", "64"))
+    assert "(offset -0x2a0000, size" in msg
 
 
 def test_flattened_corrupt(tmp_path):

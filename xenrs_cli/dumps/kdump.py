@@ -310,7 +310,7 @@ class Pages:
         if (offset < 0 or size > self.bs
                 or (not flags & codecs.COMPRESSED and size != self.bs)):
             raise BadDumpError(f"corrupt page descriptor of PFN 0x{pfn:x} (offset "
-                               f"0x{offset:x}, size {size}, flags 0x{flags:x})", offset=at)
+                               f"{offset:#x}, size {size}, flags 0x{flags:x})", offset=at)
         if offset + size > len(self.data):
             raise BadDumpError(f"corrupt page descriptor of PFN 0x{pfn:x}: its data (offset "
                                f"0x{offset:x}, {size} bytes) runs past the end of the file at "
