@@ -596,3 +596,63 @@ def test_a_stream_truncated_while_open_ends_in_one_error(tmp_path):
             with pytest.raises(DumpChangedError, match="the dump changed while being read"):
                 for g in gpas:
                     d.space.read_present(g, 4096)
+
+
+# A corrupt stream's configuration and vmdesc: one line and exit 3, or read as well as can be
+# (found by crafting them after the fuzz corpus was found to hold no migration stream).
+
+
+def _with_configuration(extra: bytes) -> bytes:
+    data, _ = migwriter.stream([("pc.ram", 1 << 20)],
+                               [("page", "pc.ram", 0x1000, b"\x11" * 4096)])
+    at = 8 + 1 + 4 + len(b"pc-i440fx-10.0")  # after the machine type
+    return data[:at] + extra + data[at:]
+
+
+def _subsection(name: bytes, payload: bytes) -> bytes:
+    return bytes([5, len(name)]) + name + struct.pack(">I", 1) + payload
+
+
+@pytest.mark.parametrize("bits", [0, 9, 17, 40, 63, 0xFFFFFFFF])
+def test_target_page_bits_out_of_range(tmp_path, bits):
+    path = tmp_path / "bits.mig"
+    path.write_bytes(_with_configuration(_subsection(b"configuration/target-page-bits",
+                                                     struct.pack(">I", bits))))
+    one_line_error(cli("info", path), 3, f"target-page-bits {bits}: QEMU's target pages are")
+
+
+def test_capability_names_that_are_not_ascii(tmp_path):
+    path = tmp_path / "caps.mig"
+    path.write_bytes(_with_configuration(_subsection(
+        b"configuration/capabilities", struct.pack(">I", 1) + bytes([3]) + b"\xff\xfe\xfd")))
+    result = cli("info", path, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["details"]["capabilities"] == ["\\xff\\xfe\\xfd"]
+
+
+@pytest.mark.parametrize("value", [b"0   ", b'"x" ', b"-1  ", b"1e99", b"3   ", b"[]  ",
+                                   b"8192"])
+def test_vmdesc_page_size_of_another_shape_is_not_believed(tmp_path, value):
+    data, _ = migwriter.stream([("pc.ram", 1 << 20)],
+                               [("page", "pc.ram", 0x1000, b"\x11" * 4096)])
+    assert b'"page_size": 4096' in data
+    path = tmp_path / "ps.mig"
+    path.write_bytes(data.replace(b'"page_size": 4096', b'"page_size": ' + value))
+    result = cli("decode", path, "--gpa", "0x1000", "--format", "json")
+    if value == b"8192":  # a believable one is believed: the 4 KiB records no longer fit
+        one_line_error(result, 3)
+        return
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["raw"].startswith("11" * 48)
+
+
+def test_unknown_block_names_are_shown_cut_and_escaped(tmp_path):
+    data, _ = migwriter.stream([("pc.ram", 1 << 20)],
+                               [("page", "pc.ram", 0x1000, b"\x11" * 4096)])
+    name = b"\x06pc.ram"
+    garbage = bytes([200]) + bytes(range(128, 255)) + b"\xff" * 72
+    path = tmp_path / "name.mig"
+    path.write_bytes(data.replace(name + b"\x11", garbage + b"\x11", 1))
+    msg = one_line_error(cli("info", path), 3)
+    # (200 is the name's length byte; the name is bytes 0x80 on)
+    assert "block '\\x80\\x81" in msg and "'... at file offset" in msg and len(msg) < 200

@@ -38,7 +38,7 @@ from typing import Any
 from construct import Bytes, ConstructError, Int8ub, Int16ub, Int32ub, Int64ub, PascalString, Struct
 
 from xenrs_cli.binary import compiled, parse
-from xenrs_cli.dumps.qemu_vmstate import DeviceSection, find_vmdesc, vmsd_size
+from xenrs_cli.dumps.qemu_vmstate import PAGE_BITS, DeviceSection, find_vmdesc, vmsd_size
 from xenrs_cli.errors import BadDumpError, UnsupportedDumpError
 
 QEVM_MAGIC = b"QEVM"
@@ -188,6 +188,18 @@ def _zero_records(first: int, n: int, shift: int) -> bytes:
     return bytes(out)
 
 
+def _text(raw) -> str:
+    """A name from the stream (ASCII in QEMU's; anything in a corrupt one), never an error:
+    bytes outside printable ASCII as ``\\xNN``."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F and b != 0x5C else f"\\x{b:02x}"
+                   for b in bytes(raw))
+
+
+def _shown(name: str, limit: int = 48) -> str:
+    """A name for a one-line message: quoted, cut at ``limit`` characters."""
+    return f"'{name}'" if len(name) <= limit else f"'{name[:limit]}'..."
+
+
 class _Walker:
     def __init__(self, buf, size: int, start: int) -> None:
         self.buf, self.size = buf, size
@@ -305,13 +317,16 @@ class _Walker:
         self.need(pos, 4)
         (n,) = BE32.unpack_from(buf, pos)
         self.need(pos + 4, n)
-        s.machine = bytes(buf[pos + 4:pos + 4 + n]).decode("ascii", "replace")
+        s.machine = _text(buf[pos + 4:pos + 4 + n])
         pos += 4 + n
         while pos < self.size and buf[pos] == SUBSECTION:
             sub, pos = self.get(SUBSECTION_HEADER, pos + 1, "configuration subsection", 256 + 4)
             self.need(pos, 4)
             if sub.name == "configuration/target-page-bits":
                 (bits,) = BE32.unpack_from(buf, pos)
+                if not PAGE_BITS[0] <= bits <= PAGE_BITS[1]:
+                    raise BadDumpError(f"target-page-bits {bits}: QEMU's target pages are "
+                                       f"2^{PAGE_BITS[0]} to 2^{PAGE_BITS[1]} bytes", offset=pos)
                 s.page_size, pos = 1 << bits, pos + 4
             elif sub.name == "configuration/capabilities":
                 (count,) = BE32.unpack_from(buf, pos)
@@ -319,7 +334,7 @@ class _Walker:
                 for _ in range(count):
                     self.need(pos, 1)
                     k = buf[pos]
-                    s.capabilities.append(bytes(buf[pos + 1:pos + 1 + k]).decode("ascii"))
+                    s.capabilities.append(_text(buf[pos + 1:pos + 1 + k]))
                     pos += 1 + k
             elif sub.name == "configuration/uuid":
                 self.need(pos, 16)
@@ -345,13 +360,13 @@ class _Walker:
             self.need(pos, 1)
             n = buf[pos]
             self.need(pos, 1 + n + 8)
-            name = bytes(buf[pos + 1:pos + 1 + n]).decode("ascii", "replace")
+            name = _text(buf[pos + 1:pos + 1 + n])
             (length,) = BE64.unpack_from(buf, pos + 1 + n)
             pos += 1 + n + 8
             if ignore_shared:
                 pos += 8  # the block's guest address (mr->addr)
             if length % s.page_size or length > remaining:
-                raise BadDumpError(f"RAM block {name!r} has length 0x{length:x}", offset=pos)
+                raise BadDumpError(f"RAM block {_shown(name)} has length 0x{length:x}", offset=pos)
             index = hdr = None
             if mapped:
                 self.need(pos, MAPPED_RAM_HEADER.sizeof())
@@ -398,11 +413,11 @@ class _Walker:
                         n = buf[pos]
                         if pos + 1 + n > size:
                             raise _Truncated(rec)
-                        name = bytes(buf[pos + 1:pos + 1 + n]).decode("ascii", "replace")
+                        name = _text(buf[pos + 1:pos + 1 + n])
                         pos += 1 + n
                         block = s.blocks.get(name)
                         if block is None or block.index is None:
-                            raise BadDumpError(f"page record for unknown RAM block {name!r}",
+                            raise BadDumpError(f"page record for unknown RAM block {_shown(name)}",
                                                offset=rec)
                         index = block.index
                     elif index is None:

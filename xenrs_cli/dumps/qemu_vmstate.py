@@ -67,9 +67,20 @@ def find_vmdesc(buf, size: int) -> tuple[int, dict] | None:
         except (ValueError, RecursionError):
             continue
         if (isinstance(desc, dict) and isinstance(desc.get("devices"), list)
+                and _page_size_ok(desc.get("page_size", 1 << 12))
                 and all(_well_formed(d) for d in desc["devices"])):
             return at - 5, desc
     return None
+
+
+# QEMU's TARGET_PAGE_BITS: 10 (Arm's TARGET_PAGE_BITS_MIN) to 16; a stream's page size is one
+PAGE_BITS = (10, 16)
+
+
+def _page_size_ok(size) -> bool:
+    """A target page size QEMU can have (:data:`PAGE_BITS`)."""
+    return (type(size) is int and 1 << PAGE_BITS[0] <= size <= 1 << PAGE_BITS[1]
+            and not size & (size - 1))
 
 
 def _well_formed(desc, depth: int = 0) -> bool:
