@@ -1,5 +1,6 @@
-"""Seed corpus for ``fuzz_xenrs.py``: small dumps of every format from the independent writer
-(``tests/dumpwriter.py``), each prefixed with every target byte.
+"""Seed corpus for ``fuzz_xenrs.py``: small dumps of every format from the independent writers
+(``tests/dumpwriter.py``, ``limewriter.py``, ``migwriter.py``), each prefixed with every target
+byte.
 
     python tests/fuzz/make_corpus.py DIR
 """
@@ -11,8 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from dumpwriter import (PAGE, Kdump, Load, Note, elf_core, flatten, kdump_file,  # noqa: E402
-                        runstate64, runstate_compat)
+import limewriter  # noqa: E402
+import migwriter  # noqa: E402
+from dumpwriter import (PAGE, Kdump, Load, Note, XenVcpu, elf_core, flatten,  # noqa: E402
+                        kdump_file, runstate64, runstate_compat, xen_core_file)
 
 
 def seeds() -> dict[str, bytes]:
@@ -40,6 +43,23 @@ def seeds() -> dict[str, bytes]:
         out[f"flat-{codec}"] = flatten(plain, chunk=4096)
     out["kdump-32"] = kdump_file(Kdump(0x40, [(0x10, 0x13)], {0x10: bytes(page)},
                                        header64=False, header_version=1))
+    # the formats added after the first campaign: LiME and AVML, xl dump-core (PV and HVM),
+    # QEMU migration streams (plain, zero and compressed pages, CPU state, a libvirt header)
+    ranges = [(0x1000, bytes(page) + bytes(nxt)), (0x10000, bytes(page2))]
+    out["lime"] = limewriter.lime(ranges)
+    out["avml"] = limewriter.avml(ranges)
+    out["avml-raw"] = limewriter.avml(ranges, uncompressed=True)
+    entries = [(0, 0x1000, bytes(page)), (1, 0x1001, bytes(nxt)), (4, 0x2000, bytes(page2))]
+    out["xen-core-pv"] = xen_core_file(entries, [XenVcpu()])
+    out["xen-core-hvm"] = xen_core_file(entries, [XenVcpu(), XenVcpu()], hvm=True, seed=1)
+    cpus = [migwriter.x86_cpu(0, 0x80050033, 0x1000, 0x3406F0, 0xD01, 0x1FE8)]
+    records = [("page", "pc.ram", 0x1000, bytes(page)), ("zero", "pc.ram", 0x3000),
+               ("zlib", "pc.ram", 0x2000, bytes(nxt)), ("page", "pc.ram", 0x10000, bytes(page2))]
+    mig, _ = migwriter.stream([("pc.ram", 0x20000)], records, devices=cpus, per_part=2)
+    out["migration"] = mig
+    out["migration-q35"], _ = migwriter.stream([("pc.ram", 0x20000)], records[:2],
+                                               machine="pc-q35-7.2", footers=False)
+    out["migration-libvirt"] = migwriter.libvirt_header(b"<domain/>") + mig
     return out
 
 
