@@ -413,3 +413,14 @@ def xen_core_file(entries: list[tuple[int, int, bytes]], vcpus: list[XenVcpu], *
         assert len(data) == page
         out += data
     return bytes(out + table + strtab)
+
+
+def corrupted(data: bytes, rng, where=None) -> bytes:
+    """A damaged copy of ``data``, as the corruption tests make them: cut anywhere (3 in 10),
+    else one to four bytes set at random, at ``where(rng, len)`` when given."""
+    b = bytearray(data)
+    if rng.random() < 0.3:
+        return bytes(b[:rng.randrange(len(b))])
+    for _ in range(rng.randrange(1, 5)):
+        b[where(rng, len(b)) if where else rng.randrange(len(b))] = rng.randrange(256)
+    return bytes(b)

@@ -63,7 +63,7 @@ def test_decode_record_example_is_real_output(monkeypatch):
 # shows under the command: "# " lines are comments, a line "…" stands for any number of lines,
 # scan's "in 0.08 s" timing is not compared. A command exits 0 unless the README follows it with
 # "$ echo $?" (or "${PIPESTATUS[0]}"), whose shown value is then compared like any output.
-# Outside console blocks only synopses (a placeholder such as DUMP, or "["), install,
+# Outside console blocks only synopses (a metavariable such as DUMP, or "["), install,
 # completion, benchmark and the setup line may name a command: anything else runnable must be
 # written as a console example, so that it is run.
 

@@ -13,7 +13,7 @@ import pytest
 
 import limewriter
 from clitools import cli, one_line_error
-from dumpwriter import runstate64
+from dumpwriter import corrupted, runstate64
 from xenrs_cli.address_space import Status
 from xenrs_cli.dumps import detect, open_dump
 from xenrs_cli.errors import BadDumpError, UnmappedAddressError, XenrsError
@@ -165,13 +165,7 @@ def test_corrupted_images_never_crash(tmp_path, kind):
     rng = random.Random(7)
     path = tmp_path / "c.img"
     for _ in range(200):
-        b = bytearray(data)
-        if rng.random() < 0.3:
-            b = b[:rng.randrange(len(b))]
-        else:
-            for _ in range(rng.randrange(1, 5)):
-                b[rng.randrange(len(b))] = rng.randrange(256)
-        path.write_bytes(bytes(b))
+        path.write_bytes(corrupted(data, rng))
         try:
             with open_dump(str(path), "lime") as d:
                 for s in d.space.segments:

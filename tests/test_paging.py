@@ -123,13 +123,19 @@ def test_adjacent_pages_give_one_piece_and_no_warning(tmp_path):
     assert [p.gpa for p in v.decoded.pieces] == [0x20_5FF1, 0x20_6000]  # page boundary only
 
 
-def test_cli_split_area_record(tmp_path):
+def split_area_dump(tmp_path):
+    """A raw dump whose area at VA ``KVA["4"] + K4 - 15`` is split across two pages that are
+    not adjacent in guest-physical memory (15 bytes at 0x205ff1, the rest at 0x103000)."""
     mem, t = build("4")
     t.map(KVA["4"], 0x20_5000)
     t.map(KVA["4"] + K4, 0x10_3000)
     mem.write(0x20_5FF1, AREA[:15])
     mem.write(0x10_3000, AREA[15:])
-    path = raw_dump(tmp_path, mem)
+    return raw_dump(tmp_path, mem), t
+
+
+def test_cli_split_area_record(tmp_path):
+    path, t = split_area_dump(tmp_path)
     r = cli("decode", path, "--va", hex(KVA["4"] + K4 - 15), "--cr3", hex(t.cr3),
             "--layout", "64", "--format", "json")
     assert r.exit_code == 0, r.stderr
@@ -366,12 +372,7 @@ def test_simulate_and_race_from_dump_at_a_split_va(tmp_path):
     """--from-dump --va: the before-image is what the guest reads through its tables; the GPA
     is the VA's translation, so the kvm trace writes the tail at gpa + split_at, with the §8
     warning saying so."""
-    mem, t = build("4")
-    t.map(KVA["4"], 0x20_5000)
-    t.map(KVA["4"] + K4, 0x10_3000)
-    mem.write(0x20_5FF1, AREA[:15])
-    mem.write(0x10_3000, AREA[15:])
-    path = raw_dump(tmp_path, mem)
+    path, t = split_area_dump(tmp_path)
     va = hex(KVA["4"] + K4 - 15)
     r = cli("simulate", "--from-dump", path, "--va", va, "--cr3", hex(t.cr3), "--format", "json",
             "--transition", "blocked", "--now", 5_300_000_000)

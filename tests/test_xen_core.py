@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import realxen
 from clitools import cli, one_line_error
-from dumpwriter import (XC_INVALID, XenVcpu, elf_core, Load, runstate64, xen_core_file)
+from dumpwriter import (XC_INVALID, Load, XenVcpu, corrupted, elf_core, runstate64,
+                        xen_core_file)
 from xenrs_cli.dumps import detect, open_dump
 from xenrs_cli.errors import (BadDumpError, UnmappedAddressError, UnsupportedDumpError,
                               XenrsError)
@@ -301,14 +302,8 @@ def test_corrupted_files_never_crash(tmp_path):
     rng = random.Random(5)
     path = tmp_path / "c.core"
     for _ in range(300):
-        b = bytearray(data)
-        if rng.random() < 0.3:
-            b = b[:rng.randrange(len(b))]
-        else:
-            for _ in range(rng.randrange(1, 5)):
-                i = rng.randrange(2000) if rng.random() < 0.6 else rng.randrange(table_at, len(b))
-                b[i] = rng.randrange(256)
-        path.write_bytes(bytes(b))
+        path.write_bytes(corrupted(data, rng, lambda r, n: r.randrange(2000) if r.random() < 0.6
+                                   else r.randrange(table_at, n)))
         try:
             with open_dump(str(path)) as d:
                 for s in d.space.segments:

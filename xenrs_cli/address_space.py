@@ -70,6 +70,17 @@ class Run:
         return self.gpa + self.size
 
 
+def fill(data, offset: int, out: memoryview) -> None:
+    """Fill ``out`` with the bytes of ``data`` at ``offset``: by ``data.readinto`` where it has
+    one (``dumps.source.FileBytes``, a flattened stream: ``pread`` straight into ``out``),
+    else by slicing (``bytes``, a mapping)."""
+    readinto = getattr(data, "readinto", None)
+    if readinto is not None:
+        readinto(offset, out)
+    else:
+        out[:] = memoryview(data)[offset:offset + len(out)]
+
+
 class Segment:
     """A GPA range of a dump. Subclasses say where its bytes are.
 
@@ -176,12 +187,7 @@ class LinearSegment(PresentSegment):
         return bytes(self.buf[start:start + size])
 
     def read_into(self, rel: int, out: memoryview, page_size: int = PAGE_SIZE) -> None:
-        start = self.file_offset + rel
-        readinto = getattr(self.buf, "readinto", None)
-        if readinto is not None:
-            readinto(start, out)
-        else:
-            out[:] = memoryview(self.buf)[start:start + len(out)]
+        fill(self.buf, self.file_offset + rel, out)
 
     def extents(self) -> Iterator[Extent]:
         yield Extent(self.gpa, self.size, Status.PRESENT, self.file_offset, self.detail)

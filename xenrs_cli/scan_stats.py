@@ -38,11 +38,10 @@ class ScanStats:
         kept[:] = sorted(set(kept).union(examples))[:EXAMPLES]
 
     def add(self, part: ScanStats) -> None:
-        """Count what a part of the scan (a task, :mod:`xenrs_cli.scan_find`) found and
-        rejected; its bytes are not added (a task reads past its range: they overlap)."""
+        """Count the candidates and rejections of a part of the scan (a task,
+        :mod:`xenrs_cli.scan_find`); not its bytes (a task reads past its range: they overlap).
+        Hits and dropped readings are counted here, where readings are settled."""
         self.candidates += part.candidates
-        self.hits += part.hits
-        self.readings_dropped += part.readings_dropped
         for rule, count in part.rejected.items():
             self.reject(rule, count, part.rejected_examples.get(rule, []))
 

@@ -22,6 +22,7 @@ from array import array
 
 from construct import Bytes, Int64sb, Struct
 
+from xenrs_cli.address_space import fill
 from xenrs_cli.binary import compiled, parse
 from xenrs_cli.errors import BadDumpError
 
@@ -118,19 +119,13 @@ class FlatFile:
                     if lo > cur:
                         out[cur - start:lo - start] = bytes(lo - cur)
                     src = self._src[i] + lo - self._dst[i]
-                    self._read(src, out[lo - start:hi - start])
+                    fill(self.buf, src, out[lo - start:hi - start])
                     cur = hi
                 i += 1
             else:
                 out[cur - start:] = bytes(stop - cur)
                 cur = stop
 
-    def _read(self, offset: int, out: memoryview) -> None:
-        readinto = getattr(self.buf, "readinto", None)
-        if readinto is not None:
-            readinto(offset, out)
-        else:
-            out[:] = self.buf[offset:offset + len(out)]
 
     def data_ranges(self, lo: int, hi: int):
         """Subranges of plain ``[lo, hi)`` that some record wrote (merged where adjacent)."""

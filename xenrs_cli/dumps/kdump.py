@@ -28,7 +28,8 @@ from typing import Any
 from construct import Bytes, Int32sl, Int32ul, Int64sl, Int64ul, Struct
 
 from xenrs_cli import cores
-from xenrs_cli.address_space import GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, Segment, Status
+from xenrs_cli.address_space import (GPA_LIMIT, PAGE_SIZE, AddressSpace, Extent, Segment,
+                                     Status, fill)
 from xenrs_cli.dumps import Dump, codecs, flattened, source
 from xenrs_cli.dumps.repeats import repeats
 from xenrs_cli.binary import compiled, parse
@@ -254,7 +255,7 @@ class Pages:
     """Page descriptors and page data of one kdump file (shared by its segments)."""
 
     def __init__(self, data, file_offset, block_size: int, bitmap1, bitmap2, desc_at: int,
-                 incomplete: bool, n_dumped: int = 0) -> None:
+                 incomplete: bool, n_dumped: int) -> None:
         self.data, self.file_offset, self.bs = data, file_offset, block_size
         self.bitmap1, self.bitmap2 = bitmap1, bitmap2
         self.rank = Rank(bitmap2)
@@ -457,7 +458,7 @@ class Pages:
                 if g_start <= offset and end <= g_end:  # already read ahead
                     out[k * bs:k * bs + end - offset] = view[offset - g_start:end - g_start]
                 else:
-                    self._read_into(offset, out[k * bs:k * bs + end - offset])
+                    fill(self.data, offset, out[k * bs:k * bs + end - offset])
                 j = e
                 continue
             if not (g_start <= offset and offset + size <= g_end):
@@ -495,15 +496,8 @@ class Pages:
 
     def _read(self, offset: int, size: int):
         out = bytearray(size)
-        self._read_into(offset, memoryview(out))
+        fill(self.data, offset, memoryview(out))
         return out
-
-    def _read_into(self, offset: int, out: memoryview) -> None:
-        readinto = getattr(self.data, "readinto", None)
-        if readinto is not None:
-            readinto(offset, out)
-        else:
-            out[:] = self.data[offset:offset + len(out)]
 
 
 READ_AHEAD = 4 << 20
