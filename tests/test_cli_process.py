@@ -276,6 +276,77 @@ def test_signal_during_scan_output_leaves_no_temporary_file(tmp_path, signum):
     assert list(tmp_path.iterdir()) == []
 
 
+# --- a scan on every core: its workers end with it ---------------------------------------------
+
+def _in_session(sid: int) -> list[int]:
+    """The processes of session ``sid`` (Linux's /proc: field 6 of ``stat``)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(pid))
+    return out
+
+
+def _session_ends(sid: int) -> bool:
+    deadline = time.monotonic() + 10
+    while _in_session(sid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _workers() -> int:
+    from xenrs_cli import scan_parallel
+
+    return scan_parallel.workers()
+
+
+@pytest.fixture(scope="module")
+def many16(many, tmp_path_factory) -> Path:
+    """16 MiB of ``many``: four tasks, so ``scan`` runs them on forked workers."""
+    path = tmp_path_factory.mktemp("many16") / "many16.raw"
+    path.write_bytes(many.read_bytes() * 16)
+    return path
+
+
+needs_workers = pytest.mark.skipif(_workers() < 2, reason="scan runs in one process here")
+
+
+@needs_workers
+def test_parallel_scan_into_head_exits_141_and_leaves_no_worker(many16):
+    p = subprocess.Popen(["bash", "-c", f'{" ".join(XENRS)} scan {many16} --loose --format json'
+                          ' | head -1 >/dev/null; echo "${PIPESTATUS[0]}"'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    out, err = p.communicate(timeout=120)
+    assert out.strip() == "141" and "Traceback" not in err, err
+    assert _session_ends(p.pid)
+
+
+@needs_workers
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_a_parallel_scan_leaves_no_worker_and_no_temporary_file(tmp_path, many16,
+                                                                         signum):
+    p = subprocess.Popen([*XENRS, "scan", many16, "--loose", "--format", "json", "-o",
+                          tmp_path / "hits.json"], stderr=subprocess.PIPE,
+                         start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(_in_session(p.pid)) < 2:  # the workers are forked
+        assert time.monotonic() < deadline and p.poll() is None, "no worker appeared"
+        time.sleep(0.02)
+    p.send_signal(signum)  # to the parent alone: its workers see their pipes end
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signum and b"Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    assert _session_ends(p.pid)
+
+
 # --- 6. sweep's options ------------------------------------------------------------------------
 
 def test_sweep_help_lists_only_what_it_accepts():
